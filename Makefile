@@ -1,0 +1,75 @@
+# MiniMind, the course: one entry point for learners, CI and the docs.
+#   make course   run the course pipeline on the bundled sample (CPU)
+#   make test     install everything from nothing, then run the test suite (what CI runs)
+#   make lab      open JupyterLab on nbs/ with the package installed editable and widgets working
+#   make docs     build the Quarto site into _docs/ (needs `quarto` on PATH)
+#   make check    nbdev-clean and nbdev-export must leave the git tree unchanged
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+BIN     := $(VENV)/bin
+# Stamp: reinstall only when pyproject.toml changed (pip resolves torch==2.13.0 CPU from local disk).
+STAMP   := $(VENV)/.minimind-installed
+# Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k tokenizer"`.
+PYTEST_ARGS ?=
+# pytest-xdist workers when it is installed (the machine has 2 cores).
+XDIST_N ?= 2
+
+.PHONY: help install browser test course lab docs check
+
+help:
+	@sed -n '2,6p' Makefile | sed 's/^# *//'
+
+$(PY):
+	python3 -m venv $(VENV)
+
+# papermill and JupyterLab start the kernel named python3: register this venv's python under that name
+# (--sys-prefix, not --user: a user-level spec would outlive this venv and shadow every other one).
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name python3 >/dev/null
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Headless Chromium and its driver for tests/test_browser.py (Debian packages; we run as root in CI).
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
+	  echo "chromium and chromedriver present"; \
+	else \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  /usr/bin/chromium --version; \
+	fi
+
+test: install browser
+	@n=""; if $(PY) -c "import xdist" 2>/dev/null; then n="-n $(XDIST_N)"; fi; \
+	set -x; $(PY) -m pytest -q $$n $(PYTEST_ARGS) tests
+
+course: install
+	$(BIN)/minimind course
+
+lab: install
+	$(BIN)/jupyter lab --notebook-dir nbs --ip 127.0.0.1
+
+docs: install
+	@if command -v quarto >/dev/null; then \
+	  $(BIN)/nbdev-docs; echo "site written to _docs/ (open _docs/index.html)"; \
+	else \
+	  echo "make docs: quarto is not on PATH, so the site cannot be rendered here."; \
+	  echo "  Install Quarto (https://quarto.org/docs/get-started/, or '$(BIN)/nbdev-install-quarto' where the web is reachable),"; \
+	  echo "  then rerun 'make docs'. The docs config and nbdev's notebook processing are checked by 'make test' without it."; \
+	  exit 1; \
+	fi
+
+check: install
+	$(BIN)/nbdev-clean
+	$(BIN)/nbdev-export
+	@git diff --exit-code --stat -- nbs minimind || { echo "make check: nbdev-clean/nbdev-export changed the files above: run them and commit the result"; exit 1; }
+	@new=$$(git ls-files --others --exclude-standard -- minimind nbs); \
+	if [ -n "$$new" ]; then echo "make check: untracked files after export:"; echo "$$new"; exit 1; fi
+	@echo "make check: notebooks clean, modules up to date"
