@@ -1,0 +1,61 @@
+"""Shared pieces of the course's test suite: paths, the notebook list, a headless offline environment."""
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository root
+NBS = ROOT / "nbs"                           # the notebooks: the source of the package
+TEST_OUTPUT = ROOT / "test-output"           # screenshots and other artefacts worth keeping (git-ignored)
+NO_PARAMETERS = {"index.ipynb"}              # notebooks with nothing to parametrize: no `parameters` cell
+
+# Every notebook run (in-process under nbdev's test_nb, or in a papermill kernel, which inherits this
+# environment) is headless and offline: no wandb account, no hub downloads, and `nbdev_export()` cells are
+# no-ops (IN_TEST) so that running the tests never rewrites minimind/.
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # silences ipykernel's debugger warning
+os.environ["IN_TEST"] = "1"
+# Under pytest-xdist the 2 cores are shared by the workers: one BLAS/torch thread each avoids oversubscription.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // _workers)))
+
+
+def course_notebooks() -> list[Path]:
+    "Every notebook under nbs/, sorted; a name or folder starting with `_` or `.` is a draft or tooling."
+    return sorted(p for p in NBS.rglob("*.ipynb")
+                  if not any(part.startswith(("_", ".")) for part in p.relative_to(NBS).parts))
+
+
+def nb_id(p: Path) -> str:
+    "A short test id for a notebook: its path relative to nbs/ without the suffix."
+    return p.relative_to(NBS).with_suffix("").as_posix()
+
+
+def files_under(folder: Path) -> set[str]:
+    "Relative paths of the files below `folder`, caches excluded."
+    skip = {".ipynb_checkpoints", "__pycache__"}
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")
+            if p.is_file() and not skip & set(p.relative_to(folder).parts)}
+
+
+@pytest.fixture
+def nbs_untouched():
+    "Fails the test if it leaves a new file in nbs/: notebooks write under ../runs/ or a given run_dir."
+    before = files_under(NBS)
+    yield
+    new = sorted(files_under(NBS) - before)
+    assert not new, f"the run wrote into nbs/: {new}"
+
+
+def pytest_terminal_summary(terminalreporter):
+    "Prints each notebook's run time (recorded by the tests with `record_property('seconds', ...)`)."
+    rows = []
+    for rep in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", []):
+        props = dict(getattr(rep, "user_properties", []))
+        if rep.when == "call" and "seconds" in props: rows.append((props["seconds"], rep.nodeid.split("::")[-1]))
+    if rows:
+        terminalreporter.write_sep("-", "notebook run times")
+        for secs, name in sorted(rows, reverse=True): terminalreporter.write_line(f"{secs:7.1f} s  {name}")
