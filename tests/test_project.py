@@ -1,0 +1,146 @@
+"""The project's shape: nbdev 3 config in pyproject.toml, notebooks that export existing modules, and a docs
+site whose config parses and whose notebook processing (what `nbdev-docs` does before quarto) works."""
+import importlib
+import re
+import shutil
+import subprocess
+import tomllib
+
+import nbformat
+import pytest
+import yaml
+
+from conftest import NBS, NO_PARAMETERS, ROOT, course_notebooks, nb_id
+
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+NBDEV = PYPROJECT.get("tool", {}).get("nbdev", {})
+NOTEBOOKS = course_notebooks()
+EXPORTING = [nb for nb in NOTEBOOKS if nb.name not in NO_PARAMETERS]  # index exports nothing
+
+
+def test_nbdev3_config_in_pyproject():
+    "nbdev 3 reads [tool.nbdev]; an old settings.ini stops it, and setup.py is gone with nbdev 2."
+    assert NBDEV, "pyproject.toml has no [tool.nbdev] table"
+    assert NBDEV.get("lib_path") == "minimind" and NBDEV.get("nbs_path") == "nbs"
+    assert "tags" in NBDEV.get("allowed_cell_metadata_keys", []), \
+        "without allowed_cell_metadata_keys = ['tags'], nbdev-clean deletes papermill's `parameters` tag"
+    for old in ("settings.ini", "setup.py"): assert not (ROOT / old).exists(), f"{old} must not exist with nbdev 3"
+
+
+def requirement_lists():
+    "Every requirement list in pyproject.toml: the runtime dependencies and each optional extra."
+    proj = PYPROJECT["project"]
+    yield "dependencies", proj.get("dependencies", [])
+    for name, reqs in proj.get("optional-dependencies", {}).items(): yield f"optional-dependencies.{name}", reqs
+
+
+def test_torch_pinned_exactly():
+    "An unpinned torch (or a range a newer release satisfies) pulls a multi-GB CUDA build on a CPU machine."
+    torch_reqs = [(where, r) for where, reqs in requirement_lists() for r in reqs
+                  if re.match(r"^torch\b(?![-_.\w])", r.strip())]
+    assert torch_reqs, "torch is not a dependency"
+    for where, r in torch_reqs:
+        assert re.fullmatch(r"torch\s*==\s*[\w.+]+", r.strip()), f"{where}: {r!r} is not pinned with =="
+
+
+def default_exp(nb) -> list[str]:
+    "The module names given by the notebook's `#| default_exp` directives."
+    book = nbformat.read(nb, as_version=4)
+    return [m.group(1) for c in book.cells if c.cell_type == "code"
+            for m in re.finditer(r"^#\|\s*default_exp\s+(\S+)", c.source, re.M)]
+
+
+@pytest.mark.parametrize("nb", EXPORTING, ids=nb_id)
+def test_notebook_exports_its_module(nb):
+    "One `#| default_exp`, a generated module file that points back to this notebook, and it imports."
+    mods = default_exp(nb)
+    assert len(mods) == 1, f"{nb.name} needs exactly one `#| default_exp` (found {mods})"
+    path = ROOT / NBDEV.get("lib_path", "minimind") / (mods[0].replace(".", "/") + ".py")
+    assert path.exists(), f"{nb.name} exports {path.relative_to(ROOT)}, which does not exist: run nbdev-export"
+    head = path.read_text().splitlines()[:8]
+    assert any(f"nbs/{nb.relative_to(NBS).as_posix()}" in line for line in head), \
+        f"{path.relative_to(ROOT)} does not say it is generated from {nb.name}"
+    importlib.import_module(f"minimind.{mods[0]}")
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=nb_id)
+def test_notebook_kernel_and_title(nb):
+    "papermill and JupyterLab start the notebook's kernelspec: python3; the docs page takes the `# Title`."
+    book = nbformat.read(nb, as_version=4)
+    assert book.metadata.get("kernelspec", {}).get("name") == "python3", f"{nb.name}: kernelspec must be python3"
+    first = book.cells[0]
+    assert first.cell_type == "markdown" and first.source.lstrip().startswith("# "), f"{nb.name}: no `# Title` first"
+
+
+def test_quarto_config():
+    "nbs/_quarto.yml and nbs/nbdev.yml parse and carry what quarto needs to build the site."
+    q = yaml.safe_load((NBS / "_quarto.yml").read_text())
+    assert q["project"]["type"] == "website"
+    assert "nbdev.yml" in q.get("metadata-files", [])
+    css = q.get("format", {}).get("html", {}).get("css")
+    if css: assert (NBS / css).exists(), f"_quarto.yml names {css}, which is missing"
+    n = yaml.safe_load((NBS / "nbdev.yml").read_text())
+    assert n["project"]["output-dir"] == NBDEV.get("doc_path", "_docs")
+    for key in ("title", "site-url", "repo-url"): assert n["website"].get(key), f"nbdev.yml lacks website.{key}"
+
+
+@pytest.fixture
+def project_copy(tmp_path, monkeypatch):
+    "A copy of pyproject.toml, nbs/ and minimind/ in a temp dir, as cwd: docs processing writes beside them."
+    for name in ("pyproject.toml", "README.md"): shutil.copy2(ROOT / name, tmp_path / name)
+    for name in ("nbs", NBDEV.get("lib_path", "minimind")):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("IN_TEST", "1")  # nbdev's doc processor deletes IN_TEST when done; restored afterwards
+    return tmp_path
+
+
+def test_nbdev_yml_is_what_nbdev_docs_writes(project_copy):
+    "`nbdev-docs` regenerates nbs/nbdev.yml from pyproject.toml: the committed one must already equal it."
+    from nbdev.quarto import refresh_quarto_yml
+    refresh_quarto_yml()
+    committed, generated = (NBS / "nbdev.yml").read_text(), (project_copy / "nbs" / "nbdev.yml").read_text()
+    assert committed == generated, ("`make docs` would rewrite the tracked nbs/nbdev.yml; commit nbdev's version:\n"
+                                    + generated)
+
+
+def test_docs_processing_without_quarto(project_copy):
+    "The step `nbdev-docs` runs before quarto: every notebook processed into _proc/, hidden cells removed."
+    from nbdev.doclinks import _build_modidx
+    from nbdev.quarto import nbdev_sidebar, refresh_quarto_yml
+    from nbdev.serve import proc_nbs
+    nbs = project_copy / "nbs"
+    refresh_quarto_yml()
+    _build_modidx()
+    nbdev_sidebar.__wrapped__(path=nbs)
+    cache = proc_nbs(str(nbs), n_workers=0)
+    assert cache == project_copy / "_proc"
+    sidebar = (nbs / "sidebar.yml").read_text()
+    for nb in NOTEBOOKS:
+        rel = nb.relative_to(NBS).as_posix()
+        assert rel in sidebar, f"{rel} missing from the generated sidebar"
+        proc = cache / rel
+        assert proc.exists(), f"{rel} was not processed"
+        src, out = nbformat.read(nb, as_version=4), nbformat.read(proc, as_version=4)
+        hidden = [c for c in src.cells if re.search(r"^#\|\s*hide\s*$", c.source, re.M)]
+        nbdev_only = r"^#\|\s*(hide|export\w*|default_exp)\b"  # quarto's own `#| echo:` etc. stay, by design
+        leftover = [c.source[:60] for c in out.cells if re.search(nbdev_only, c.source, re.M)]
+        assert not leftover, f"{rel}: nbdev directives left in the processed notebook: {leftover}"
+        assert len(out.cells) <= len(src.cells) - len(hidden) + 1, f"{rel}: hidden cells were not removed"
+        front = out.cells[0]
+        assert front.cell_type == "raw" and "title:" in front.source, f"{rel}: no title in the page's front matter"
+
+
+@pytest.mark.skipif(shutil.which("quarto") is None, reason="quarto is not on PATH (not installable here): site build skipped")
+def test_nbdev_docs_builds_site(project_copy):
+    "Where quarto is installed, `nbdev-docs` renders the whole site."
+    nbdev_docs = ROOT / ".venv" / "bin" / "nbdev-docs"
+    cmd = [str(nbdev_docs)] if nbdev_docs.exists() else ["nbdev-docs"]
+    subprocess.run(cmd, cwd=project_copy, check=True, timeout=900)
+    site = project_copy / NBDEV.get("doc_path", "_docs")
+    assert (site / "index.html").exists()
+    for nb in NOTEBOOKS:  # nbdev names each page in the front matter (`output-file`, number prefix dropped)
+        front = nbformat.read(project_copy / "_proc" / nb.relative_to(NBS), as_version=4).cells[0].source
+        page = re.search(r"^output-file:\s*(\S+)", front, re.M)
+        html = nb.relative_to(NBS).parent / (page.group(1) if page else nb.with_suffix(".html").name)
+        assert (site / html).exists(), f"no page {html} for {nb.name}"
