@@ -54,7 +54,7 @@ course: install
 	$(BIN)/minimind course
 
 lab: install
-	$(BIN)/jupyter lab --notebook-dir nbs --ip 127.0.0.1
+	$(BIN)/jupyter lab --notebook-dir nbs --ip 127.0.0.1 $$([ "$$(id -u)" = 0 ] && echo --allow-root || true)
 
 docs: install
 	@if command -v quarto >/dev/null; then \
