@@ -8,6 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]  # the repository root
 NBS = ROOT / "nbs"                           # the notebooks: the source of the package
 TEST_OUTPUT = ROOT / "test-output"           # screenshots and other artefacts worth keeping (git-ignored)
 NO_PARAMETERS = {"index.ipynb"}              # notebooks with nothing to parametrize: no `parameters` cell
+NO_EXPORT = {"index.ipynb"}                  # notebooks that export no module (the docs home page)
 
 # Every notebook run (in-process under nbdev's test_nb, or in a papermill kernel, which inherits this
 # environment) is headless and offline: no wandb account, no hub downloads, and `nbdev_export()` cells are

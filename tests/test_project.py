@@ -10,12 +10,12 @@ import nbformat
 import pytest
 import yaml
 
-from conftest import NBS, NO_PARAMETERS, ROOT, course_notebooks, nb_id
+from conftest import NBS, NO_EXPORT, ROOT, course_notebooks, nb_id
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 NBDEV = PYPROJECT.get("tool", {}).get("nbdev", {})
 NOTEBOOKS = course_notebooks()
-EXPORTING = [nb for nb in NOTEBOOKS if nb.name not in NO_PARAMETERS]  # index exports nothing
+EXPORTING = [nb for nb in NOTEBOOKS if nb.name not in NO_EXPORT]
 
 
 def test_nbdev3_config_in_pyproject():
