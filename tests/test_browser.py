@@ -1,5 +1,6 @@
 """The widgets work where learners use them: JupyterLab served on localhost, headless Chromium opens
 01_attention_rope, runs all cells, and finds the attention viewer's slider and its rendered heatmap."""
+import json
 import os
 import secrets
 import shutil
@@ -42,6 +43,14 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90):
     pytest.fail(f"jupyter lab did not answer {url} in {timeout} s:\n{log.read_text()[-3000:]}")
 
 
+def user_settings(folder: Path, plugins: dict):
+    "Writes JupyterLab user settings: {'<package>/<plugin>': {key: value}} under @jupyterlab/."
+    for plugin, values in plugins.items():
+        f = folder / "@jupyterlab" / f"{plugin}.jupyterlab-settings"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps(values))
+
+
 @pytest.fixture
 def lab(tmp_path):
     "JupyterLab on a free localhost port, serving a temp copy of nbs/ (beside the repo's dataset/), with a token."
@@ -49,9 +58,10 @@ def lab(tmp_path):
     shutil.copytree(NBS, course / "nbs", ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
     if (ROOT / "dataset").exists(): (course / "dataset").symlink_to(ROOT / "dataset")  # notebooks read ../dataset
     port, token, log = free_port(), secrets.token_hex(16), tmp_path / "jupyter-lab.log"
-    settings = tmp_path / "lab-settings"  # no "get notified about Jupyter news?" toast over the page
-    (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)
-    (settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+    settings = tmp_path / "lab-settings"
+    user_settings(settings, {  # no "get notified about Jupyter news?" toast over the page; every cell in the DOM
+        "apputils-extension/notification": {"fetchNews": "false"},  # (JupyterLab 4 otherwise renders only the
+        "notebook-extension/tracker": {"windowingMode": "none"}})   #  cells near the viewport)
     env = {**os.environ,  # fresh settings and workspace: no saved layout, no dialogs from an earlier session
            "JUPYTERLAB_SETTINGS_DIR": str(settings),
            "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "lab-workspaces")}
@@ -91,13 +101,14 @@ def viewer_state(driver) -> dict:
     "What the page shows now: the viewer's slider count and heatmap image, and any error output."
     return driver.execute_script("""
         const v = document.querySelector(arguments[0]);
-        const errs = [...document.querySelectorAll('.jp-RenderedText[data-mime-type="application/vnd.jupyter.stderr"], '
-                                                  + '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.error"]')]
-                     .map(e => e.innerText).filter(t => /Error|Traceback/.test(t));
+        const errs = [...document.querySelectorAll('.jp-OutputArea-output')]
+                     .map(e => e.innerText).filter(t => /Traceback \\(most recent call last\\)/.test(t))
+                     .map(t => t.slice(0, 1500));
         const img = v && v.querySelector('img');
         return {viewer: !!v, sliders: v ? v.querySelectorAll('.widget-slider, .widget-hslider').length : 0,
                 img_width: img && img.complete ? img.naturalWidth : 0, img_src: img ? img.src.slice(-200) : null,
-                errors: errs.slice(0, 3)};""", VIEWER)
+                errors: errs.slice(0, 3), cells: document.querySelectorAll('.jp-Notebook .jp-Cell').length,
+                executed: [...document.querySelectorAll('.jp-InputPrompt')].filter(p => /\\[\\d+\\]/.test(p.innerText)).length};""", VIEWER)
 
 
 def click_menu(driver, wait, menu: str, item: str):
