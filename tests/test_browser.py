@@ -165,11 +165,15 @@ def test_attention_viewer_in_jupyterlab(lab, chrome, record_property):
     save_png(chrome.get_screenshot_as_png(), "browser_01_attention_rope.png")
     save_png(viewer.screenshot_as_png, "browser_attention_viewer.png")
 
-    # move the first slider one step with the keyboard (noUiSlider handles take arrow keys): the heatmap redraws
+    # move a slider one step with the keyboard (noUiSlider handles take arrow keys): the heatmap redraws
     before = state["img_src"]
-    handle = viewer.find_element(By.CSS_SELECTOR, ".widget-slider .noUi-handle, .widget-hslider .noUi-handle")
+    handles = [h for h in viewer.find_elements(By.CSS_SELECTOR, ".widget-slider .noUi-handle, .widget-hslider .noUi-handle")
+               if float(h.get_attribute("aria-valuemax")) > float(h.get_attribute("aria-valuemin"))]
+    assert handles, "no slider in the viewer has a range to move over"
+    handle = handles[0]
+    at_max = float(handle.get_attribute("aria-valuenow")) >= float(handle.get_attribute("aria-valuemax"))
     handle.click()
-    handle.send_keys(Keys.ARROW_RIGHT)
+    handle.send_keys(Keys.ARROW_LEFT if at_max else Keys.ARROW_RIGHT)
     WebDriverWait(chrome, 60, poll_frequency=0.5).until(
         lambda d: (s := viewer_state(d))["img_width"] > 0 and s["img_src"] != before)
     save_png(viewer.screenshot_as_png, "browser_attention_viewer_moved.png")
