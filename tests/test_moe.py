@@ -224,3 +224,20 @@ def test_tiny_moe_trains():
         opt.step(); opt.zero_grad()
         losses.append(out.loss.item())
     assert losses[-1] < losses[0] - 0.5, losses
+
+
+def test_moe_trains_through_the_trainer():
+    "The one trainer of 03_pretrain trains an MoE as it trains a dense model, with the aux loss in its loss."
+    train = pytest.importorskip("minimind.train")
+    import numpy as np
+    torch.manual_seed(0)
+    m = MiniMindForCausalLM(tiny_cfg())
+    data = train.PackedDataset(np.tile(np.arange(3, 40), 60), seq_len=16)   # a repeating pattern: learnable
+    batch = data.get_batch([0, 1])
+    loss, metrics = train.causal_lm_loss(m, batch)
+    assert metrics["aux"] > 0 and torch.allclose(loss.detach(), metrics["ce"] + metrics["aux"])
+    cfg = train.TrainConfig(max_steps=20, batch_size=4, lr=3e-3, warmup_steps=0, device="cpu", eval_every=0,
+                            ckpt_every=0, progress=False, live_plot=False, run_dir=None)
+    t = train.Trainer(m, data, cfg=cfg).fit()
+    losses = [r["loss"] for r in t.history]
+    assert len(losses) == 20 and losses[-1] < losses[0] - 0.5, losses
