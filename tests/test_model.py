@@ -177,3 +177,31 @@ def test_attention_maps():
     assert maps.shape == (2, 4, 10, 10)
     torch.testing.assert_close(maps.sum(-1), torch.ones(2, 4, 10))
     assert maps.triu(1).abs().sum() == 0
+
+
+def test_chunked_prefill_matches_full_forward():
+    m = tiny()
+    ids = torch.randint(0, 256, (2, 10))
+    with torch.no_grad():
+        full = m(ids).logits
+        first = m(ids[:, :6], use_cache=True)
+        rest = m(ids[:, 6:], past_key_values=first.past_key_values, use_cache=True)
+    torch.testing.assert_close(torch.cat([first.logits, rest.logits], 1), full, atol=1e-5, rtol=1e-5)
+    assert [tuple(k.shape) for k, v in rest.past_key_values] == [(2, 10, 2, 16)] * 2   # (B, S, n_kv, hd)
+
+
+def test_rope_frequencies_survive_dtype_cast_and_checkpoint_extras(tmp_path):
+    m = tiny()
+    m16 = tiny().to(torch.bfloat16)
+    assert m16.model.rotary_emb.inv_freq.dtype == torch.float32
+    sd = {**m.state_dict(), "model.freqs_cos": torch.zeros(4, 16), "model.freqs_sin": torch.zeros(4, 16)}
+    torch.save(sd, tmp_path / "old.pth")  # derived RoPE tables in a checkpoint are dropped, not an error
+    ids = torch.randint(0, 256, (1, 5))
+    assert torch.equal(MiniMindForCausalLM.from_pretrained(tmp_path / "old.pth", config=m.config)(ids).logits, m(ids).logits)
+
+
+def test_hf_config_dict():
+    d = to_hf_config(MiniMindConfig.from_preset("minimind2-small", rope_scaling={"type": "yarn", "factor": 4}))
+    assert d["architectures"] == ["LlamaForCausalLM"] and d["tie_word_embeddings"] and d["rope_theta"] == 1e6
+    assert d["rope_parameters"]["rope_type"] == "yarn" and d["rope_parameters"]["attention_factor"] == 1.0
+    assert to_hf_config(MiniMindConfig.from_preset("minimind3"))["architectures"] == ["Qwen3ForCausalLM"]
