@@ -1,0 +1,230 @@
+"""minimind.train: token cache, packing, resumable order, LR schedule, the Trainer, checkpoints that survive
+kill -9, DDP on CPU (gloo) against a single process, the final model folder, wandb without network."""
+import json, os, random, signal, subprocess, sys, textwrap, time, warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from minimind.data import DataError
+from minimind.model import MiniMindConfig, MiniMindForCausalLM
+from minimind.tokenizer import BOS_ID, EOS_ID, PAD_ID, load_tokenizer
+from minimind.train import (CheckpointError, PackedDataset, RowSampler, TrainConfig, Trainer, atomic_write, latest_checkpoint,
+                            list_checkpoints, load_checkpoint, lr_at, pretrain, save_checkpoint, token_file_meta, tokenize_corpus)
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "dataset" / "pretrain.jsonl"
+MICRO = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)  # ~0.2M parameters
+
+
+@pytest.fixture(scope="module")
+def tok(): return load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    "The first 400 documents of the bundled sample."
+    p = tmp_path_factory.mktemp("corpus") / "small.jsonl"
+    p.write_text("".join(SAMPLE.read_text(encoding="utf-8").splitlines(keepends=True)[:400]), encoding="utf-8")
+    return p
+
+
+@pytest.fixture(scope="module")
+def token_file(corpus, tok, tmp_path_factory):
+    return tokenize_corpus(corpus, tok, tmp_path_factory.mktemp("cache"), progress=False)
+
+
+def micro_model(seed=0):
+    torch.manual_seed(seed)
+    return MiniMindForCausalLM(MiniMindConfig.from_preset("tiny", **MICRO))
+
+
+def quiet_cfg(**kw):
+    return TrainConfig(**{"device": "cpu", "progress": False, "live_plot": False, "eval_every": 0, "ckpt_every": 0, **kw})
+
+
+# --- data ---------------------------------------------------------------------------------------------------
+
+def test_packing_has_no_padding_and_keeps_boundaries(token_file, corpus):
+    toks = np.fromfile(token_file, dtype=np.uint16)
+    n_docs = len(corpus.read_text(encoding="utf-8").splitlines())
+    assert toks[0] == BOS_ID and toks[-1] == EOS_ID
+    assert (toks == BOS_ID).sum() == (toks == EOS_ID).sum() == n_docs
+    assert (toks == PAD_ID).sum() == 0
+    starts, ends = np.flatnonzero(toks == BOS_ID), np.flatnonzero(toks == EOS_ID)
+    assert (starts[1:] == ends[:-1] + 1).all(), "documents must be back to back: <|im_end|><|im_start|>"
+    ds = PackedDataset(token_file, 16)
+    assert len(ds) == (len(toks) - 1) // 16
+    b = ds.get_batch(np.arange(len(ds)))
+    assert torch.equal(b["labels"][:, :-1], b["input_ids"][:, 1:])
+    assert np.array_equal(b["input_ids"].flatten().numpy(), toks[:16 * len(ds)])  # rows tile the stream, nothing dropped or padded
+    tr, va = ds.split(0.1)
+    assert len(tr) + len(va) == len(ds) and va.rows.min() > tr.rows.max()
+
+
+def test_cache_is_keyed_by_tokenizer_and_file(corpus, tok, tmp_path):
+    from tokenizers import Tokenizer
+    f = tmp_path / "c.jsonl"; f.write_bytes(corpus.read_bytes())
+    p1 = tokenize_corpus(f, tok, tmp_path / "cache", progress=False)
+    mtime = p1.stat().st_mtime_ns
+    assert tokenize_corpus(f, tok, tmp_path / "cache", progress=False) == p1 and p1.stat().st_mtime_ns == mtime  # a hit
+    tok2 = Tokenizer.from_str(tok.to_str()); tok2.add_tokens(["zqxjv"])
+    assert tokenize_corpus(f, tok2, tmp_path / "cache", progress=False) != p1                 # another tokenizer
+    with open(f, "a", encoding="utf-8") as fh: fh.write('{"text": "one more document"}\n')
+    p3 = tokenize_corpus(f, tok, tmp_path / "cache", progress=False)
+    assert p3 != p1 and token_file_meta(p3)["n_docs"] == token_file_meta(p1)["n_docs"] + 1  # an edited file
+    assert not list((tmp_path / "cache").glob(".tmp-*")), "temp files must not be left behind"
+
+
+def test_bad_lines_name_file_and_line_or_are_counted(tok, tmp_path):
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"text": "fine"}\n{"text": "fine too"}\n{"txt": "wrong field"}\n{"text": "fine"}\nnot json\n', encoding="utf-8")
+    with pytest.raises(DataError, match=rf"^{f}:3: "): tokenize_corpus(f, tok, tmp_path / "cache", progress=False)
+    assert not list((tmp_path / "cache").glob("*.u16")), "a failed run must not leave a cache file"
+    with pytest.warns(UserWarning, match="skipped 2 bad lines"):
+        p = tokenize_corpus(f, tok, tmp_path / "cache", skip_bad=True, progress=False)
+    assert token_file_meta(p)["n_bad"] == 2 and token_file_meta(p)["n_docs"] == 3
+
+
+def test_sampler_order_is_deterministic_and_resumable():
+    a = RowSampler(50, seed=3); seq = [a.take(8) for _ in range(20)]   # crosses several epochs
+    b = RowSampler(50, seed=3); [b.take(8) for _ in range(7)]
+    c = RowSampler(50, seed=3); c.load_state_dict(b.state_dict())
+    for i in range(7, 20): assert np.array_equal(c.take(8), seq[i])
+    assert len(set(np.concatenate(seq[:6]).tolist())) == 48           # an epoch: no repeats, a short tail dropped
+    with pytest.raises(ValueError): RowSampler(4).take(5)
+
+
+def test_lr_schedule():
+    S, peak = 100, 1e-3
+    lrs = [lr_at(s, S, peak, warmup_steps=10, min_lr_ratio=0.1) for s in range(S + 1)]
+    assert lrs[0] == pytest.approx(peak / 10) and lrs[9] == pytest.approx(peak)
+    assert all(x <= y for x, y in zip(lrs[:10], lrs[1:10]))
+    assert all(x >= y for x, y in zip(lrs[10:], lrs[11:]))
+    assert lrs[S] == pytest.approx(0.1 * peak) and lrs[55] == pytest.approx(peak * (0.1 + 0.9 * 0.5))
+
+
+# --- training ---------------------------------------------------------------------------------------------
+
+def test_tiny_pretrain_loss_falls_and_final_folder_loads(corpus, tok, tmp_path):
+    t = pretrain(corpus, "tiny", run_dir=tmp_path / "run", cache_dir=tmp_path / "cache", steps=30, seq_len=64, batch_size=8,
+                 lr=5e-3, eval_every=15, device="cpu", progress=False, live_plot=False, model_overrides=MICRO)
+    first, last = np.mean([h["loss"] for h in t.history[:3]]), np.mean([h["loss"] for h in t.history[-3:]])
+    assert last < first - 1.5, (first, last)
+    assert [e["step"] for e in t.eval_history] == [0, 15, 30] and t.eval_history[-1]["eval_loss"] < t.eval_history[0]["eval_loss"] - 1
+    folder = tmp_path / "run" / "model"
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
+    m = MiniMindForCausalLM.from_pretrained(folder)
+    x = torch.tensor([[BOS_ID, 5, 6, 7]])
+    assert torch.allclose(m(x).logits, t.model.eval()(x).logits, atol=1e-5)
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000 and (tmp_path / "run" / "history.json").exists()
+
+
+SCRIPT = textwrap.dedent("""
+    import sys, time, torch
+    from minimind.model import MiniMindConfig, MiniMindForCausalLM
+    from minimind.train import PackedDataset, TrainConfig, Trainer, causal_lm_loss
+    token_file, run_dir, steps, bs, accum, delay = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
+    dropout = float(sys.argv[7])
+    def slow_loss(model, batch):  # gives the test time to kill the process mid-run
+        time.sleep(delay); return causal_lm_loss(model, batch)
+    ds = PackedDataset(token_file, 32); train, held = ds.split(0.1)
+    torch.manual_seed(0)
+    model = MiniMindForCausalLM(MiniMindConfig.from_preset("tiny", hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, dropout=dropout))
+    cfg = TrainConfig(max_steps=steps, batch_size=bs, grad_accum=accum, lr=3e-3, warmup_steps=3, eval_every=5, eval_batches=2,
+                      ckpt_every=3, run_dir=run_dir, device="cpu", progress=False, live_plot=False)
+    t = Trainer(model, train, loss_fn=slow_loss, eval_data=held, cfg=cfg).fit(resume=True)
+    if t.rank == 0: torch.save(model.state_dict(), run_dir + "/final.pt")
+    if t.world > 1: torch.distributed.destroy_process_group()
+""")
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def _history(run_dir): return json.loads((Path(run_dir) / "history.json").read_text())
+
+
+def test_kill9_and_resume_gives_identical_losses(token_file, tmp_path):
+    "A run killed with SIGKILL at a random step and resumed reproduces the uninterrupted run's per-step losses."
+    script = tmp_path / "train.py"; script.write_text(SCRIPT)
+    steps = 24
+    args = lambda d: [sys.executable, str(script), str(token_file), str(d), str(steps), "4", "2", "0.02", "0.1"]  # dropout on: the RNG state must resume too
+    ref = subprocess.run(args(tmp_path / "ref"), env=_env(), capture_output=True, text=True, timeout=120)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    kill_at = random.Random().randint(4, steps - 4)
+    p = subprocess.Popen(args(tmp_path / "run"), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    log, t0 = tmp_path / "run" / "log.jsonl", time.time()
+    while not (log.exists() and len(log.read_text().splitlines()) >= kill_at):
+        assert p.poll() is None, p.stderr.read().decode()[-2000:]
+        assert time.time() - t0 < 90, "the run never reached the kill step"
+        time.sleep(0.005)
+    os.kill(p.pid, signal.SIGKILL); p.wait()
+    done = len(log.read_text().splitlines())
+    assert done < steps and not (tmp_path / "run" / "history.json").exists(), "killed too late"
+    res = subprocess.run(args(tmp_path / "run"), env=_env(), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    resumed = [l for l in res.stdout.splitlines() if l.startswith("resumed from")]
+    assert resumed or done < 3, f"no resume after a kill at step {done}: {res.stdout}"
+    a, b = _history(tmp_path / "ref"), _history(tmp_path / "run")
+    assert [h["loss"] for h in a["train"]] == [h["loss"] for h in b["train"]], f"losses differ after a kill at step {done}"
+    assert [e["eval_loss"] for e in a["eval"]] == [e["eval_loss"] for e in b["eval"]]
+    wa, wb = torch.load(tmp_path / "ref" / "final.pt"), torch.load(tmp_path / "run" / "final.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_partial_or_corrupt_checkpoints_never_replace_a_good_one(tmp_path):
+    ck = tmp_path / "checkpoints"
+    save_checkpoint({"step": 3, "w": torch.arange(4.0)}, ck / "step_00000003.pt")
+    class Crash(Exception): pass
+    with pytest.raises(Crash):                                     # dies in the middle of overwriting it
+        with atomic_write(ck / "step_00000003.pt") as f: f.write(b"PK\x03\x04 half"); raise Crash
+    assert torch.equal(load_checkpoint(ck / "step_00000003.pt")["w"], torch.arange(4.0))
+    assert [p.name for p in ck.iterdir()] == ["step_00000003.pt"], "the temp file must be removed"
+    (ck / ".tmp-step_00000006.pt.abc123").write_bytes(b"what a SIGKILL mid-write leaves")   # ignored: not a finished name
+    good = (ck / "step_00000003.pt").read_bytes()
+    (ck / "step_00000009.pt").write_bytes(good[: len(good) // 2])                          # a truncated newer one
+    assert [p.name for p in list_checkpoints(ck)] == ["step_00000009.pt", "step_00000003.pt"]
+    with pytest.raises(CheckpointError, match="step_00000009.pt: truncated or corrupt"): load_checkpoint(ck / "step_00000009.pt")
+    with pytest.warns(UserWarning, match="skipping"): path, state = latest_checkpoint(ck)
+    assert path.name == "step_00000003.pt" and state["step"] == 3
+
+
+def test_checkpoints_load_weights_only(tmp_path, token_file):
+    "Checkpoints hold no pickled objects: a file with one is refused, and a real one loads with weights_only."
+    torch.save({"step": 1, "evil": Path("x")}, tmp_path / "step_00000001.pt")
+    with pytest.raises(CheckpointError): load_checkpoint(tmp_path / "step_00000001.pt")
+    t = Trainer(micro_model(), PackedDataset(token_file, 16), cfg=quiet_cfg(max_steps=2, batch_size=2, run_dir=str(tmp_path / "r"), ckpt_every=1))
+    t.fit()
+    st = torch.load(list_checkpoints(t.ckpt_dir)[0], weights_only=True)
+    assert st["step"] == 2 and {"model", "optimizer", "sampler", "rng", "history"} <= set(st)
+
+
+def test_ddp_gloo_matches_single_process(token_file, tmp_path):
+    "torchrun with 2 CPU processes (gloo), 2 rows each, gives the weights of one process with 4 rows."
+    script = tmp_path / "train.py"; script.write_text(SCRIPT)
+    one = subprocess.run([sys.executable, str(script), str(token_file), str(tmp_path / "one"), "3", "4", "2", "0", "0"],
+                         env=_env(), capture_output=True, text=True, timeout=120)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", str(script),
+                          str(token_file), str(tmp_path / "two"), "3", "2", "2", "0", "0"], env=_env(), capture_output=True, text=True, timeout=180)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = torch.load(tmp_path / "one" / "final.pt"), torch.load(tmp_path / "two" / "final.pt")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    la, lb = [h["loss"] for h in _history(tmp_path / "one")["train"]], [h["loss"] for h in _history(tmp_path / "two")["train"]]
+    assert np.allclose(la, lb, atol=1e-5), (la, lb)
+
+
+def test_wandb_offline_and_disabled_need_no_network(token_file, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # any network attempt would fail at once
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    ds = PackedDataset(token_file, 16)
+    Trainer(micro_model(), ds, cfg=quiet_cfg(max_steps=2, batch_size=2, run_dir=str(tmp_path / "off"), wandb_mode="offline",
+                                            wandb_project="minimind-test", log_every=1)).fit()
+    runs = list((tmp_path / "off" / "wandb").glob("offline-run-*"))
+    assert runs and list(runs[0].glob("*.wandb")), "offline mode must write a local run to sync later"
+    Trainer(micro_model(), ds, cfg=quiet_cfg(max_steps=2, batch_size=2, run_dir=str(tmp_path / "dis"), wandb_mode="disabled")).fit()
+    assert not (tmp_path / "dis" / "wandb").exists()
