@@ -111,6 +111,18 @@ def viewer_state(driver) -> dict:
                 executed: [...document.querySelectorAll('.jp-InputPrompt')].filter(p => /\\[\\d+\\]/.test(p.innerText)).length};""", VIEWER)
 
 
+def kernel_idle(driver) -> bool:
+    "Whether JupyterLab's status bar shows the notebook's kernel connected and idle."
+    text = driver.execute_script("const s = document.querySelector('#jp-main-statusbar'); return s ? s.innerText : ''")
+    return "| Idle" in text and "No Kernel" not in text
+
+
+def accept_dialog(driver):
+    "Accepts a JupyterLab dialog if one is open (e.g. Select Kernel, whose default is the notebook's python3)."
+    from selenium.webdriver.common.by import By
+    for b in driver.find_elements(By.CSS_SELECTOR, ".jp-Dialog .jp-Dialog-button.jp-mod-accept"): b.click()
+
+
 def click_menu(driver, wait, menu: str, item: str):
     "Opens JupyterLab's top menu `menu` and clicks its entry `item` (Lumino menus, found by their labels)."
     from selenium.webdriver.common.by import By
@@ -139,16 +151,19 @@ def test_attention_viewer_in_jupyterlab(lab, chrome, record_property):
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
     base, token, log = lab
+    for old in TEST_OUTPUT.glob("browser_*.png"): old.unlink()  # no stale screenshot from an earlier run
     t0 = time.time()
     chrome.get(f"{base}/lab/tree/{NOTEBOOK}?token={token}")
     wait = WebDriverWait(chrome, 120)
-    # the notebook is open and its kernel has started (the toolbar's execution indicator reports idle)
+    # the notebook is open and its kernel is connected: the status bar reads "python3 | Idle" (clicking Run All
+    # before that, while it says "No Kernel | Initializing", only brings up the Select Kernel dialog)
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell"))
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-Notebook-ExecutionIndicator[data-status='idle']"))
+    wait.until(kernel_idle)
     click_menu(chrome, wait, "Run", "Run All Cells")
 
     state = {}
     def rendered(d):
+        accept_dialog(d)
         state.update(viewer_state(d))
         if state["errors"]: pytest.fail(f"a cell failed in JupyterLab: {state['errors']}")
         return state["viewer"] and state["sliders"] >= 1 and state["img_width"] > 0
