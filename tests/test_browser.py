@@ -18,7 +18,7 @@ from conftest import NBS, ROOT, TEST_OUTPUT
 NOTEBOOK = "01_attention_rope.ipynb"
 VIEWER = ".mm-attention-viewer"          # the VBox the notebook's attention viewer adds this class to
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")  # Debian's packages
-RUN_TIMEOUT = 240                        # seconds for Run All to bring up the viewer (2 shared cores)
+RUN_TIMEOUT = 480                        # seconds for Run All to bring up the viewer (2 shared cores)
 
 pytestmark = pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
                                 reason="Debian's chromium and chromium-driver are not installed (`make browser`)")
