@@ -8,13 +8,13 @@ Docs: https://minimind-course.github.io/minimind/moe.html.md"""
 __all__ = ['load_balance_loss', 'Routing', 'MoEGate', 'moe_loop_reference', 'dispatch', 'MOEFeedForward', 'moe_layers',
            'active_params', 'capture_routing', 'expert_load', 'load_entropy']
 
-# %% ../nbs/02_moe.ipynb #c3780a60
+# %% ../nbs/02_moe.ipynb #23a2fcf4
 import math
 from typing import NamedTuple
 import torch, torch.nn as nn, torch.nn.functional as F
 from .model import MiniMindConfig, FeedForward
 
-# %% ../nbs/02_moe.ipynb #87b40287
+# %% ../nbs/02_moe.ipynb #c2ce42f6
 def load_balance_loss(scores:torch.Tensor,   # (B, T, E) router probabilities
                       topk_idx:torch.Tensor, # (B, T, k) chosen experts
                       alpha:float,           # coefficient α
@@ -30,7 +30,7 @@ def load_balance_loss(scores:torch.Tensor,   # (B, T, E) router probabilities
     P = scores.mean(1)                                                                     # (B, E)
     return (f * P).sum(1).mean() * alpha
 
-# %% ../nbs/02_moe.ipynb #b563daf4
+# %% ../nbs/02_moe.ipynb #79d26c13
 class Routing(NamedTuple):
     "What the router decided for `N = B·T` tokens."
     topk_idx: torch.Tensor     # (N, k) chosen experts
@@ -38,7 +38,7 @@ class Routing(NamedTuple):
     aux_loss: torch.Tensor     # 0-dim balance loss (0 in eval mode)
     scores: torch.Tensor       # (N, E) router probabilities
 
-# %% ../nbs/02_moe.ipynb #96e051f1
+# %% ../nbs/02_moe.ipynb #6382e37a
 class MoEGate(nn.Module):
     "Router: softmax scores over the routed experts, top-k choice, and the balance loss."
     def __init__(self, config:MiniMindConfig):
@@ -61,7 +61,7 @@ class MoEGate(nn.Module):
         else: aux = scores.new_zeros(())
         return Routing(idx, w, aux, scores)
 
-# %% ../nbs/02_moe.ipynb #8a27b510
+# %% ../nbs/02_moe.ipynb #373963c4
 def moe_loop_reference(x:torch.Tensor,           # (N, H) tokens
                        topk_idx:torch.Tensor,    # (N, k) chosen experts
                        topk_weight:torch.Tensor, # (N, k) mixing weights
@@ -76,7 +76,7 @@ def moe_loop_reference(x:torch.Tensor,           # (N, H) tokens
         rows.append(acc)
     return torch.stack(rows)
 
-# %% ../nbs/02_moe.ipynb #871c58f2
+# %% ../nbs/02_moe.ipynb #d4d596fb
 def dispatch(x:torch.Tensor,           # (N, H) tokens
              topk_idx:torch.Tensor,    # (N, k) chosen experts
              topk_weight:torch.Tensor, # (N, k) mixing weights
@@ -94,7 +94,7 @@ def dispatch(x:torch.Tensor,           # (N, H) tokens
     out = out * topk_weight.reshape(-1)[order].unsqueeze(-1)      # weight each slot
     return x.new_zeros(N, H).index_add_(0, token, out.to(x.dtype))
 
-# %% ../nbs/02_moe.ipynb #67f8db41
+# %% ../nbs/02_moe.ipynb #ca63229c
 class MOEFeedForward(nn.Module):
     "DeepSeek-style MoE MLP: `n_shared_experts` always-on experts plus top-k of `n_routed_experts` routed ones."
     def __init__(self, config:MiniMindConfig):
@@ -113,7 +113,7 @@ class MOEFeedForward(nn.Module):
         self.aux_loss = r.aux_loss
         return y
 
-# %% ../nbs/02_moe.ipynb #b35b560d
+# %% ../nbs/02_moe.ipynb #3c9885a9
 def moe_layers(model:nn.Module) -> list:
     "The MoE MLPs of `model`: modules with a `gate` router and an `experts` ModuleList."
     return [m for m in model.modules() if isinstance(getattr(m, "gate", None), nn.Module) and isinstance(getattr(m, "experts", None), nn.ModuleList)]
@@ -124,7 +124,7 @@ def active_params(model:nn.Module) -> int:
     idle = sum((len(m.experts) - m.gate.top_k) * sum(p.numel() for p in m.experts[0].parameters()) for m in moe_layers(model))
     return total - idle
 
-# %% ../nbs/02_moe.ipynb #ffac3eac
+# %% ../nbs/02_moe.ipynb #b4179a89
 @torch.no_grad()
 def capture_routing(model:nn.Module,           # a model with MoE layers
                     input_ids:torch.Tensor,     # (B, T) token ids
