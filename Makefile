@@ -11,7 +11,6 @@ SHELL := /bin/bash
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 BIN     := $(VENV)/bin
-# Stamp: reinstall only when pyproject.toml changed (pip resolves torch==2.13.0 CPU from local disk).
 STAMP   := $(VENV)/.minimind-installed
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k tokenizer"`.
 PYTEST_ARGS ?=
@@ -26,14 +25,18 @@ help:
 $(PY):
 	python3 -m venv $(VENV)
 
+# Reinstall only when pyproject.toml's content changed (its hash is kept in the stamp; nbdev-export rewrites the
+# file with the same content, so its mtime is no guide). pip takes torch==2.13.0, the CPU build, from local disk.
 # papermill and JupyterLab start the kernel named python3: register this venv's python under that name
 # (--sys-prefix, not --user: a user-level spec would outlive this venv and shadow every other one).
-$(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e ".[dev]"
-	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name python3 >/dev/null
-	touch $(STAMP)
-
-install: $(STAMP)
+install: | $(PY)
+	@h=$$(sha256sum pyproject.toml | cut -d' ' -f1); \
+	if [ "$$(cat $(STAMP) 2>/dev/null)" != "$$h" ]; then \
+	  set -x; \
+	  $(PY) -m pip install -q -e ".[dev]"; \
+	  $(PY) -m ipykernel install --sys-prefix --name python3 --display-name python3 >/dev/null; \
+	  echo "$$h" > $(STAMP); \
+	fi
 
 # Headless Chromium and its driver for tests/test_browser.py (Debian packages; we run as root in CI).
 browser:
