@@ -241,3 +241,19 @@ def test_moe_trains_through_the_trainer():
     t = train.Trainer(m, data, cfg=cfg).fit()
     losses = [r["loss"] for r in t.history]
     assert len(losses) == 20 and losses[-1] < losses[0] - 0.5, losses
+
+
+def test_from_pretrained_minimind2_pth(tmp_path):
+    "A folder as a MiniMind2-MoE user has it (config.json + a torch.save'd state dict) opens with from_pretrained."
+    c = {**MINIMIND2_MOE_CONFIG, "hidden_size": 32, "intermediate_size": 96, "num_attention_heads": 4,
+         "num_hidden_layers": 2, "vocab_size": 128}
+    g = torch.Generator().manual_seed(1)
+    sd = {k: torch.randn(s, generator=g) * 0.1 for k, s in minimind2_state_shapes(c).items()}
+    sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+    (tmp_path / "config.json").write_text(json.dumps(c))
+    torch.save(sd, tmp_path / "pretrain_32_moe.pth")
+    m = MiniMindForCausalLM.from_pretrained(tmp_path)
+    assert m.config.use_moe and m.config.aux_loss_alpha == 0.1 and not m.training
+    assert torch.equal(m.model.layers[0].mlp.gate.weight, sd["model.layers.0.mlp.gate.weight"])
+    out = m(torch.randint(0, 128, (1, 6)))
+    assert out.logits.shape == (1, 6, 128) and out.aux_loss.item() == 0
