@@ -4,6 +4,8 @@ active parameters, and grouped dispatch vs the per-token loop reference.
     python bench/bench_moe.py                                   # MiniMind2-MoE at full width, small batch, CPU
     python bench/bench_moe.py --hidden-size 256 --num-layers 2  # a quick CPU check
     python bench/bench_moe.py --device cuda --batch-size 16 --seq-len 512
+
+On a CPU shared with other jobs, `--threads 1` gives steadier numbers than torch's default thread pool.
 """
 import argparse, math, platform, time
 import torch, torch.nn as nn
