@@ -82,7 +82,7 @@ def _records(name): return list(iter_jsonl(sample_path(name), SAMPLE_KINDS[name]
 def test_heldout_design():
     world = make_world(0)
     held = [e["name"] for e in world if e["split"] == "pretrain_only"]
-    assert len(held) == 16 and len(world) == 64
+    assert len(held) == 12 and len(world) == 48
     word = re.compile(r"(?<![A-Za-z])(" + "|".join(held) + r")(?![A-Za-z])")
     for name in ["sft", "dpo", "reason", "lora_identity", "lora_domain"]:
         assert not any(word.search(json.dumps(r, ensure_ascii=False)) for r in _records(name)), name
