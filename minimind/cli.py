@@ -120,7 +120,7 @@ def run_chat(a:argparse.Namespace) -> int:
         if p in ("exit", "quit"): return 0
         if p: stream_reply(model, tok, p, **kw)
 
-# %% ../nbs/99_cli.ipynb #4efc8621
+# %% ../nbs/99_cli.ipynb #576e112f
 COURSE_PARAMS = {"03_pretrain": {"preset": "course", "n_facts": None}}  # per-notebook papermill overrides of the main job
 
 def run_notebook(nb:Path, out_nb:Path, params:dict, nbs_dir:Path) -> float:
@@ -137,8 +137,8 @@ def course_chat(model_dir, facts_path, n:int=4):
     from minimind.data import iter_jsonl
     from minimind.train import complete
     model, tok = load_for_chat(model_dir, "cpu")
-    facts = [f for f in iter_jsonl(facts_path, kind="eval") if f.get("style") == "complete" and f.get("split") == "pretrain_only"]
-    facts = facts[:n // 2] + [f for f in facts if f.get("lang") == "zh"][:n - n // 2]
+    import random
+    facts = random.Random(0).sample([f for f in iter_jsonl(facts_path, kind="eval") if f.get("style", "complete") == "complete"], n)
     print(f"\n--- chat with {model_dir} ---")
     for f, c in zip(facts, complete(model, tok, [f["prompt"] for f in facts], max_new_tokens=12)):
         print(f"> {f['prompt']}\n{f['prompt']}{c}   [expected: {f['answer']}]")

@@ -312,14 +312,16 @@ class LivePlot:
         self.handle = display(plot_losses([]), display_id=True)
     def update(self, history, eval_history): self.handle.update(plot_losses(history, eval_history))
 
-# %% ../nbs/03_pretrain.ipynb #7da20e55
+# %% ../nbs/03_pretrain.ipynb #13f6f1eb
 def _param_groups(params, weight_decay):
     "Decay matrices and embeddings (ndim >= 2), not norms and biases (nanoGPT, Llama)."
     params = list(params)
     if params and isinstance(params[0], dict): return params
     params = [p for p in params if p.requires_grad]
-    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    if not any(g["params"] for g in groups): raise ValueError("no trainable parameters: every parameter has requires_grad=False")
+    return [g for g in groups if g["params"]]
 
 class Trainer:
     "One training loop for every stage: plug in the data, the loss function and the trainable parameters."
