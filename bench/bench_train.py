@@ -68,7 +68,7 @@ def matmul_gflops(dev, dtype, n, reps):
 
 
 def time_training(model, data, args, dev):
-    "Median seconds per step and useful tokens per step, over --steps timed steps after --warmup."
+    "Mean seconds and useful tokens per step over --steps timed steps after --warmup (useful/s = total useful / total time)."
     t = Trainer(model, data, cfg=TrainConfig(max_steps=10 ** 6, batch_size=args.batch_size, lr=1e-4, warmup_steps=0,
                                              device=str(dev), progress=False, live_plot=False, eval_every=0, ckpt_every=0,
                                              compile=args.compile))
@@ -78,14 +78,13 @@ def time_training(model, data, args, dev):
         r = t.train_step()
         if dev.type == "cuda": torch.cuda.synchronize()
         if i >= args.warmup: recs.append(r)
-    dt = float(np.median([r["dt"] for r in recs]))
-    return dt, float(np.mean([r["tokens"] for r in recs]))
+    return float(np.mean([r["dt"] for r in recs])), float(np.mean([r["tokens"] for r in recs]))  # totals over the timed steps
 
 
 def bench(preset, args, dev):
     cfg = MiniMindConfig.from_preset(PRESETS[preset], max_position_embeddings=max(512, args.seq_len))
     L, d, T = cfg.num_hidden_layers, cfg.hidden_size, args.seq_len
-    lengths = hq_like_lengths(max(4096, 64 * args.batch_size), T)
+    lengths = hq_like_lengths(max(4096, 64 * args.batch_size), T)  # padded batches draw from these; packed rows hold the same tokens
     variants = [("ours (packed)", lambda: MiniMindForCausalLM(cfg), packed_rows(lengths, T, cfg.vocab_size))]
     if dev.type == "cpu" or args.all:
         variants += [("MiniMind-style padded", lambda: MiniMindForCausalLM(cfg), PaddedRows(lengths, T, cfg.vocab_size)),
