@@ -120,7 +120,7 @@ def run_chat(a:argparse.Namespace) -> int:
         if p in ("exit", "quit"): return 0
         if p: stream_reply(model, tok, p, **kw)
 
-# %% ../nbs/99_cli.ipynb #576e112f
+# %% ../nbs/99_cli.ipynb #309630cd
 COURSE_PARAMS = {"03_pretrain": {"preset": "course", "n_facts": None}}  # per-notebook papermill overrides of the main job
 
 def run_notebook(nb:Path, out_nb:Path, params:dict, nbs_dir:Path) -> float:
@@ -150,19 +150,22 @@ def add_course_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/course", help="executed notebooks and each stage's run folder")
     p.add_argument("--only", nargs="*", default=[], help="notebook stems or numbers to run (default: all stages)")
     p.add_argument("--steps", type=int, help="override the pretraining steps (default: the 'course' preset)")
+    p.add_argument("--threads", type=int, help="torch threads per notebook (default: all cores; 1 is faster on a busy shared machine)")
     p.add_argument("--no-chat", action="store_true")
     return p
 
 def run_course(a:argparse.Namespace) -> int:
-    "`minimind course`: run every stage notebook on the bundled sample (CPU), then chat with the last model."
+    "`minimind course`: run every stage notebook on the bundled sample (CPU), then chat with the last model.\n\n    A notebook that declares `init_from` starts from the newest model folder an earlier stage wrote."
     try: import papermill  # noqa: F401
     except ImportError: sys.exit("minimind course needs papermill: pip install 'minimind[dev]'")
     root = repo_root(); nbs_dir, out = root/"nbs", Path(a.out).resolve()
     nbs = stage_notebooks(nbs_dir, a.only)
     if not nbs: sys.exit(f"minimind course: no stage notebooks in {nbs_dir} (run it from the course checkout)")
+    if a.threads: os.environ["OMP_NUM_THREADS"] = str(a.threads)  # the papermill kernels inherit it
     out.mkdir(parents=True, exist_ok=True); t_all, times = time.time(), []
     for nb in nbs:
-        params = {"run_dir": str(out/nb.stem), "device": "cpu", **COURSE_PARAMS.get(nb.stem, {})}
+        models = [out/p.stem/"model" for p in nbs[:nbs.index(nb)] if (out/p.stem/"model"/"config.json").exists()]
+        params = {"run_dir": str(out/nb.stem), "device": "cpu", **({"init_from": str(models[-1])} if models else {}), **COURSE_PARAMS.get(nb.stem, {})}
         if a.steps and nb.stem == "03_pretrain": params["steps"] = a.steps
         print(f"[{time.time() - t_all:6.0f} s] {nb.name} ...", flush=True)
         try: times.append((nb.name, run_notebook(nb, out/nb.name, params, nbs_dir)))
