@@ -120,7 +120,7 @@ def run_chat(a:argparse.Namespace) -> int:
         if p in ("exit", "quit"): return 0
         if p: stream_reply(model, tok, p, **kw)
 
-# %% ../nbs/99_cli.ipynb #309630cd
+# %% ../nbs/99_cli.ipynb #d63eb2b5
 COURSE_PARAMS = {"03_pretrain": {"preset": "course", "n_facts": None}}  # per-notebook papermill overrides of the main job
 
 def run_notebook(nb:Path, out_nb:Path, params:dict, nbs_dir:Path) -> float:
@@ -150,7 +150,8 @@ def add_course_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/course", help="executed notebooks and each stage's run folder")
     p.add_argument("--only", nargs="*", default=[], help="notebook stems or numbers to run (default: all stages)")
     p.add_argument("--steps", type=int, help="override the pretraining steps (default: the 'course' preset)")
-    p.add_argument("--threads", type=int, help="torch threads per notebook (default: all cores; 1 is faster on a busy shared machine)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per notebook (default 1: on a busy 2-core machine two threads "
+                   "each waiting for the other ran 3-5x slower; 0 = all cores, faster on an idle machine)")
     p.add_argument("--no-chat", action="store_true")
     return p
 
@@ -162,6 +163,7 @@ def run_course(a:argparse.Namespace) -> int:
     nbs = stage_notebooks(nbs_dir, a.only)
     if not nbs: sys.exit(f"minimind course: no stage notebooks in {nbs_dir} (run it from the course checkout)")
     if a.threads: os.environ["OMP_NUM_THREADS"] = str(a.threads)  # the papermill kernels inherit it
+    else: os.environ.pop("OMP_NUM_THREADS", None)
     out.mkdir(parents=True, exist_ok=True); t_all, times = time.time(), []
     for nb in nbs:
         models = [out/p.stem/"model" for p in nbs[:nbs.index(nb)] if (out/p.stem/"model"/"config.json").exists()]
