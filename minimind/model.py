@@ -200,10 +200,13 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if past_kv is not None: k, v = torch.cat([past_kv[0], k], 1), torch.cat([past_kv[1], v], 1)  # (B, S, n_kv, hd)
         present = (k, v) if use_cache else None
-        q, k, v = q.transpose(1, 2), repeat_kv(k, self.n_rep).transpose(1, 2), repeat_kv(v, self.n_rep).transpose(1, 2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)      # (B, H|n_kv, S, hd)
         p = self.dropout if self.training else 0.0
-        if output_attentions: out, w = explicit_attention(q, k, v, mask, p)
-        else: out, w = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=mask is None), None
+        if output_attentions:
+            out, w = explicit_attention(q, k.repeat_interleave(self.n_rep, 1), v.repeat_interleave(self.n_rep, 1), mask, p)
+        else:  # enable_gqa: SDPA shares each KV head across its n_rep query heads without materialising copies
+            out, w = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=mask is None,
+                                                    enable_gqa=self.n_rep > 1), None
         out = out.transpose(1, 2).reshape(B, T, -1)                     # (B, T, H*hd)
         return self.resid_dropout(self.o_proj(out)), present, w
 
@@ -280,7 +283,7 @@ class MiniMindModel(nn.Module):
         B, T = input_ids.shape
         past_len = past_key_values[0][0].shape[1] if past_key_values else 0
         if position_ids is None: position_ids = position_ids_for(T, past_len, attention_mask, input_ids.device)
-        cos, sin = self.rotary_emb(position_ids.expand(B, T))                       # (B, T, hd)
+        cos, sin = self.rotary_emb(position_ids)                                   # (B|1, T, hd)
         mask = None if attention_mask is None and past_len == 0 else attention_mask_4d(T, past_len + T, attention_mask, input_ids.device)
         if mask is None and output_attentions: mask = attention_mask_4d(T, T, device=input_ids.device)
         h = self.dropout(self.embed_tokens(input_ids))                              # (B, T, hidden)
