@@ -24,7 +24,8 @@ __all__ = ['PRETRAIN_PRESETS', 'resolve_nb_path', 'causal_lm_loss', 'token_cache
            'token_file_meta', 'load_tokens', 'PackedDataset', 'RowSampler', 'lr_at', 'get_device', 'autocast_for',
            'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_checkpoint',
            'rng_state', 'set_rng_state', 'TrainConfig', 'init_distributed', 'plot_losses', 'LivePlot', 'Trainer',
-           'resolve_preset', 'make_pretrainer', 'pretrain', 'unigram_entropy', 'complete', 'fact_accuracy']
+           'resolve_preset', 'make_pretrainer', 'pretrain', 'unigram_entropy', 'complete', 'fact_accuracy',
+           'sequence_logprobs', 'choice_accuracy']
 
 # %% ../nbs/03_pretrain.ipynb #0c04c164
 def resolve_nb_path(p, # a notebook parameter path
@@ -577,3 +578,31 @@ def fact_accuracy(model, tok, facts, # a facts JSONL path or a list of {"prompt"
     got = complete(model, tok, [f["prompt"] for f in facts], max_new_tokens)
     rows = [{"prompt": f["prompt"], "answer": f["answer"], "completion": g, "ok": _starts_with_word(g, f["answer"])} for f, g in zip(facts, got)]
     return float(np.mean([r["ok"] for r in rows])), rows
+
+# %% ../nbs/03_pretrain.ipynb #c3f0a1b3
+@torch.no_grad()
+def sequence_logprobs(model, id_lists:list[list[int]], # token ids, each starting with <|im_start|>
+                      bs:int=256) -> torch.Tensor:
+    "Total log-probability of each sequence under the model (tokens after the first), right-padded batches."
+    was_training, dev = model.training, next(model.parameters()).device
+    model.eval(); out = []
+    for i in range(0, len(id_lists), bs):
+        chunk = id_lists[i:i + bs]; T = max(map(len, chunk))
+        x = torch.tensor([s + [0] * (T - len(s)) for s in chunk], device=dev)              # (B, T)
+        real = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in chunk], device=dev)
+        logp = F.log_softmax(model(x).logits[:, :-1].float(), -1)                          # (B, T-1, V)
+        tok_lp = logp.gather(-1, x[:, 1:, None])[..., 0] * real[:, 1:]                     # (B, T-1)
+        out.append(tok_lp.sum(-1).cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+def choice_accuracy(model, tok, facts:list[dict], # facts_eval rows with "prompt", "answer" and "choices"
+                   ) -> float:
+    "Fraction of facts whose right value is the most likely of its `choices` as a continuation of the prompt."
+    sep = lambda p: " " if p[-1:].isascii() else ""                                        # English has a space, Chinese none
+    seqs = [[BOS_ID] + tok.encode(f["prompt"] + sep(f["prompt"]) + c, add_special_tokens=False).ids
+            for f in facts for c in f["choices"]]
+    lp, k, hits = sequence_logprobs(model, seqs), 0, []
+    for f in facts:
+        n = len(f["choices"]); hits.append(f["choices"][int(lp[k:k + n].argmax())] == f["answer"]); k += n
+    return float(np.mean(hits))
