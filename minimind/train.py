@@ -361,7 +361,7 @@ class Trainer:
         cfg, t0 = self.cfg, time.perf_counter()
         lr = lr_at(self.step, cfg.max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
         for g in self.opt.param_groups: g["lr"] = lr * g.get("lr_scale", 1.0)
-        loss_sum, n_tok = torch.zeros((), device=self.dev), 0
+        loss_sum, n_tok = torch.zeros((), device=self.dev), torch.zeros((), device=self.dev)  # stay on device: no sync per micro-batch
         for micro in range(cfg.grad_accum):
             idx = self.sampler.take(cfg.batch_size * self.world)  # the global micro-batch; this rank takes its slice
             batch = self._batch(self.train_data, idx[self.rank * cfg.batch_size:(self.rank + 1) * cfg.batch_size])
@@ -370,14 +370,15 @@ class Trainer:
                 loss, _ = self.loss_fn(self.fwd, batch)
             (loss / cfg.grad_accum).backward()
             loss_sum += loss.detach()
-            if "labels" in batch: n_tok += int((batch["labels"] != -100).sum())
-        gnorm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip) if cfg.grad_clip else torch.zeros(())
+            if "labels" in batch: n_tok += (batch["labels"] != -100).sum()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip) if cfg.grad_clip else torch.zeros((), device=self.dev)
         self.opt.step(); self.opt.zero_grad(set_to_none=True)
         loss = loss_sum / cfg.grad_accum
         if self.world > 1: dist.all_reduce(loss, op=dist.ReduceOp.AVG)
         self.step += 1
-        return {"step": self.step, "loss": loss.item(), "lr": lr, "grad_norm": float(gnorm),
-                "tokens": n_tok * self.world, "dt": time.perf_counter() - t0}
+        loss, gnorm, n_tok = torch.stack([loss, gnorm.to(loss), n_tok.to(loss)]).tolist()  # one device sync per step
+        return {"step": self.step, "loss": loss, "lr": lr, "grad_norm": gnorm,
+                "tokens": int(n_tok) * self.world, "dt": time.perf_counter() - t0}
 
     @torch.no_grad()
     def evaluate(self) -> float:
