@@ -135,7 +135,7 @@ def run_notebook(nb:Path, out_nb:Path, params:dict, nbs_dir:Path) -> float:
 def course_chat(model_dir, facts_path, n:int=4):
     "The main job's last words: greedy completions of a few held-out facts, then one chat-format prompt."
     from minimind.data import iter_jsonl
-    from minimind.train import complete
+    from minimind.score import complete
     model, tok = load_for_chat(model_dir, "cpu")
     import random
     facts = random.Random(0).sample([f for f in iter_jsonl(facts_path, kind="eval") if f.get("style", "complete") == "complete"], n)

@@ -149,9 +149,10 @@ def repeat_kv(x:torch.Tensor, n_rep:int) -> torch.Tensor:
 
 def attention_mask_4d(T:int, # queries (new tokens)
                       S:int, # keys (cached + new)
-                      attention_mask:torch.Tensor|None=None, # (B, S) 1 = real token, 0 = padding
+                      attention_mask:torch.Tensor|None=None, # (B, S) 1 = real token, 0 = padding; or a ready (B, 1, T, S) bool mask
                       device=None) -> torch.Tensor:
     "Boolean (B|1, 1, T, S) mask, True where query t may attend key s (causal, offset S-T, no padding)."
+    if attention_mask is not None and attention_mask.dim() == 4: return attention_mask.bool()  # packed rows bring their own (notebook 04)
     q_pos = torch.arange(S - T, S, device=device)[:, None]
     mask = (torch.arange(S, device=device)[None] <= q_pos)[None, None]           # (1, 1, T, S)
     if attention_mask is not None:

@@ -18,14 +18,15 @@ from tqdm.auto import tqdm
 from .data import DataError, iter_jsonl
 from .tokenizer import BOS_ID, EOS_ID, load_tokenizer, save_tokenizer
 from .model import MiniMindConfig, MiniMindForCausalLM
+from .score import by_lang, choice_accuracy, fact_accuracy, load_probes, spread
 
 # %% auto #0
 __all__ = ['PRETRAIN_PRESETS', 'resolve_nb_path', 'causal_lm_loss', 'token_cache_path', 'atomic_write', 'tokenize_corpus',
            'token_file_meta', 'load_tokens', 'PackedDataset', 'RowSampler', 'lr_at', 'get_device', 'autocast_for',
            'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_checkpoint',
            'rng_state', 'set_rng_state', 'TrainConfig', 'init_distributed', 'plot_losses', 'LivePlot', 'Trainer',
-           'resolve_preset', 'make_pretrainer', 'pretrain', 'unigram_entropy', 'complete', 'fact_accuracy',
-           'sequence_logprobs', 'choice_accuracy']
+           'resolve_preset', 'make_pretrainer', 'pretrain', 'unigram_entropy', 'record_outcome', 'read_outcomes',
+           'outcome_table']
 
 # %% ../nbs/03_pretrain.ipynb #0c04c164
 def resolve_nb_path(p, # a notebook parameter path
@@ -38,10 +39,10 @@ def resolve_nb_path(p, # a notebook parameter path
 
 # %% ../nbs/03_pretrain.ipynb #a0b3bbb5
 def causal_lm_loss(model, # a causal LM returning `.logits` (and `.aux_loss` for MoE)
-                   batch:dict, # {'input_ids': (B, T), 'labels': (B, T)}, labels already shifted, -100 = ignore
+                   batch:dict, # {'input_ids', 'labels'} (B, T), labels already shifted, -100 = ignore; optional 'attention_mask', 'position_ids' (packed SFT)
                   ) -> tuple[torch.Tensor, dict]:
     "Mean next-token cross-entropy over labels != -100, plus the model's MoE load-balancing loss."
-    out = model(batch["input_ids"])
+    out = model(batch["input_ids"], attention_mask=batch.get("attention_mask"), position_ids=batch.get("position_ids"))
     logits = out.logits  # (B, T, V)
     ce = F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100)
     aux = getattr(out, "aux_loss", None)
@@ -549,61 +550,29 @@ def unigram_entropy(tokens, # 1-D token ids (array or memmap)
     p = p[p > 0] / p.sum()
     return float(-(p * np.log(p)).sum())
 
-def _starts_with_word(completion:str, answer:str) -> bool:
-    "`completion` begins with `answer` as a whole word (Latin letters may not continue it; CJK has no spaces)."
-    c, a = completion.strip(), answer.strip()
-    nxt = c[len(a):len(a) + 1]
-    return c.startswith(a) and not (nxt.isascii() and nxt.isalnum() and a[-1:].isascii())
+# %% ../nbs/03_pretrain.ipynb #0a7c3e51
+def record_outcome(run_dir, # the stage's run folder
+                   stage:str, # e.g. "pretrain", "sft"
+                   rows:list[dict], # {"metric", "before", "after", "unit": "%"|"nats"|"", optional "note"}
+                  ) -> Path:
+    "Write run_dir/outcome.json, what this stage measurably taught; the main job's final table reads every stage's."
+    path = Path(run_dir)/"outcome.json"
+    with atomic_write(path, "w") as f: json.dump({"stage": stage, "rows": rows}, f, indent=1, ensure_ascii=False)
+    return path
 
-@torch.no_grad()
-def complete(model, tok, prompts:list[str], # texts to continue (each gets <|im_start|> in front, like training docs)
-             max_new_tokens:int=16, bs:int=64) -> list[str]:
-    "Greedy continuations of `prompts`, batched with left padding, cut at <|im_end|>."
-    was_training, dev = model.training, next(model.parameters()).device
-    model.eval(); outs = []
-    for i in range(0, len(prompts), bs):
-        ids = [[BOS_ID] + tok.encode(p, add_special_tokens=False).ids for p in prompts[i:i + bs]]
-        T = max(map(len, ids))
-        x = torch.tensor([[0] * (T - len(s)) + s for s in ids], device=dev)  # (B, T) left-padded
-        mask = torch.tensor([[0] * (T - len(s)) + [1] * len(s) for s in ids], device=dev)
-        y = model.generate(x, max_new_tokens=max_new_tokens, temperature=0, eos_token_id=EOS_ID, attention_mask=mask)
-        for row in y[:, T:].tolist():
-            outs.append(tok.decode(row[:row.index(EOS_ID)] if EOS_ID in row else row))
-    model.train(was_training)
-    return outs
+def read_outcomes(folder) -> list[dict]:
+    "The outcome rows of every stage run folder directly under `folder` (sorted by folder name), each with its stage."
+    rows = []
+    for p in sorted(Path(folder).glob("*/outcome.json")):
+        d = json.loads(p.read_text(encoding="utf-8")); rows += [{"stage": d["stage"], **r} for r in d["rows"]]
+    return rows
 
-def fact_accuracy(model, tok, facts, # a facts JSONL path or a list of {"prompt", "answer"}
-                  max_new_tokens:int=6) -> tuple[float, list[dict]]:
-    "Fraction of prompts whose greedy completion starts with the answer word; plus the per-fact rows."
-    facts = list(iter_jsonl(facts, kind="eval")) if isinstance(facts, (str, Path)) else list(facts)
-    got = complete(model, tok, [f["prompt"] for f in facts], max_new_tokens)
-    rows = [{"prompt": f["prompt"], "answer": f["answer"], "completion": g, "ok": _starts_with_word(g, f["answer"])} for f, g in zip(facts, got)]
-    return float(np.mean([r["ok"] for r in rows])), rows
+def _fmt(v, unit:str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)): return "–"
+    return f"{v:.1%}" if unit == "%" else f"{v:.3f}" if isinstance(v, float) else str(v)
 
-# %% ../nbs/03_pretrain.ipynb #c3f0a1b3
-@torch.no_grad()
-def sequence_logprobs(model, id_lists:list[list[int]], # token ids, each starting with <|im_start|>
-                      bs:int=256) -> torch.Tensor:
-    "Total log-probability of each sequence under the model (tokens after the first), right-padded batches."
-    was_training, dev = model.training, next(model.parameters()).device
-    model.eval(); out = []
-    for i in range(0, len(id_lists), bs):
-        chunk = id_lists[i:i + bs]; T = max(map(len, chunk))
-        x = torch.tensor([s + [0] * (T - len(s)) for s in chunk], device=dev)              # (B, T)
-        real = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in chunk], device=dev)
-        logp = F.log_softmax(model(x).logits[:, :-1].float(), -1)                          # (B, T-1, V)
-        tok_lp = logp.gather(-1, x[:, 1:, None])[..., 0] * real[:, 1:]                     # (B, T-1)
-        out.append(tok_lp.sum(-1).cpu())
-    model.train(was_training)
-    return torch.cat(out)
-
-def choice_accuracy(model, tok, facts:list[dict], # facts_eval rows with "prompt", "answer" and "choices"
-                   ) -> float:
-    "Fraction of facts whose right value is the most likely of its `choices` as a continuation of the prompt."
-    sep = lambda p: " " if p[-1:].isascii() else ""                                        # English has a space, Chinese none
-    seqs = [[BOS_ID] + tok.encode(f["prompt"] + sep(f["prompt"]) + c, add_special_tokens=False).ids
-            for f in facts for c in f["choices"]]
-    lp, k, hits = sequence_logprobs(model, seqs), 0, []
-    for f in facts:
-        n = len(f["choices"]); hits.append(f["choices"][int(lp[k:k + n].argmax())] == f["answer"]); k += n
-    return float(np.mean(hits))
+def outcome_table(rows:list[dict]) -> str:
+    "Markdown table of outcome rows: stage | metric | before | after."
+    lines = ["| stage | metric | before | after |", "|---|---|---|---|"]
+    lines += [f"| {r.get('stage', '')} | {r['metric']} | {_fmt(r.get('before'), r.get('unit', ''))} | {_fmt(r.get('after'), r.get('unit', ''))} |" for r in rows]
+    return "\n".join(lines)
