@@ -1,4 +1,4 @@
-"""`minimind train pretrain`, `minimind chat`, `minimind download` and `minimind course`: the library without notebooks.
+"""`minimind train pretrain`, `minimind chat`, `minimind serve`, `minimind webui`, `minimind download` and `minimind course`: the library without notebooks.
 
 Docs: https://minimind-course.github.io/minimind/cli.html.md"""
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['TRAIN_STAGES', 'COURSE_PARAMS', 'repo_root', 'stage_notebooks', 'add_pretrain_args', 'run_pretrain', 'add_chat_args',
-           'load_for_chat', 'stream_reply', 'run_chat', 'run_notebook', 'course_chat', 'add_course_args', 'run_course',
-           'build_parser', 'main']
+           'load_for_chat', 'stream_reply', 'run_chat', 'add_serve_args', 'run_serve', 'run_webui', 'run_notebook',
+           'course_chat', 'add_course_args', 'run_course', 'build_parser', 'main']
 
 # %% ../nbs/99_cli.ipynb #0342d632
 def repo_root() -> Path:
@@ -120,6 +120,37 @@ def run_chat(a:argparse.Namespace) -> int:
         if p in ("exit", "quit"): return 0
         if p: stream_reply(model, tok, p, **kw)
 
+# %% ../nbs/99_cli.ipynb #5e7c0a02
+def add_serve_args(p:argparse.ArgumentParser, port:int=8000) -> argparse.ArgumentParser:
+    "Arguments of `minimind serve` (and, with port 8501, `minimind webui`)."
+    p.add_argument("--model", required=True, help="a model folder (model.safetensors + config.json + tokenizer.json)")
+    p.add_argument("--adapter", help="a LoRA adapter folder to apply (minimind.lora)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only; 0.0.0.0 exposes it)")
+    p.add_argument("--port", type=int, default=port)
+    p.add_argument("--device", default="auto")
+    return p
+
+def _needs_serve_extra(cmd:str, *modules):
+    "Exit with one line when the serve extra is not installed."
+    import importlib.util
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing: sys.exit(f"minimind {cmd} needs the serve extra: pip install 'minimind[serve]' ({', '.join(missing)} missing)")
+
+def run_serve(a:argparse.Namespace) -> int:
+    "`minimind serve`: the OpenAI-compatible server (notebook 09) until Ctrl-C."
+    _needs_serve_extra("serve", "fastapi", "uvicorn")
+    from minimind.serve import serve
+    try: serve(a.model, a.adapter, a.host, a.port, a.api_key, a.device, a.name, a.max_context)
+    except (OSError, RuntimeError, ValueError) as e: sys.exit(f"minimind serve: {e}")
+    return 0
+
+def run_webui(a:argparse.Namespace) -> int:
+    "`minimind webui`: the streamlit chat page (notebook 09a)."
+    _needs_serve_extra("webui", "streamlit")
+    if not (Path(a.model)/"config.json").exists(): sys.exit(f"minimind webui: {a.model} is not a model folder (no config.json)")
+    from minimind.webui import launch
+    return launch(a.model, a.adapter, a.host, a.port, a.device)
+
 # %% ../nbs/99_cli.ipynb #d63eb2b5
 COURSE_PARAMS = {"03_pretrain": {"preset": "course", "n_facts": None}}  # per-notebook papermill overrides of the main job
 
@@ -187,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a stage").add_subparsers(dest="stage", required=True)
     for name, (add, run, help) in TRAIN_STAGES.items(): add(tr.add_parser(name, help=help)).set_defaults(func=run)
     add_chat_args(sub.add_parser("chat", help="chat with a model folder")).set_defaults(func=run_chat)
+    s = add_serve_args(sub.add_parser("serve", help="an OpenAI-compatible server for a model folder (notebook 09)"))
+    s.add_argument("--api-key", default=os.environ.get("MINIMIND_API_KEY"), help="require 'Authorization: Bearer KEY' (default: $MINIMIND_API_KEY)")
+    s.add_argument("--name", default="minimind", help="the model id clients send")
+    s.add_argument("--max-context", type=int, help="prompt + reply tokens (default: the model's max_position_embeddings)")
+    s.set_defaults(func=run_serve)
+    add_serve_args(sub.add_parser("webui", help="a streamlit chat page for a model folder (notebook 09a)"), 8501).set_defaults(func=run_webui)
     add_course_args(sub.add_parser("course", help="run the course notebooks on the bundled sample (CPU), then chat")).set_defaults(func=run_course)
     sub.add_parser("download", help="download MiniMind's data from the hub (minimind download --help)")
     return p

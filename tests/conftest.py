@@ -14,6 +14,8 @@ NO_EXPORT = {"index.ipynb"}                  # notebooks that export no module (
 # the tests run every notebook once through papermill with these overrides, which keep it short.
 NB_TEST_PARAMS = {
     "03_pretrain": {"preset": "tiny", "n_facts": 64},
+    "09_serve": {"max_clients": 4, "bench_tokens": 16},
+    "09a_webui": {"browser": False},  # tests/test_webui.py drives the page in Chromium
 }
 
 # What each training stage must show on its test run: metric -> (lowest `after`, lowest `after - before`), read from
