@@ -6,13 +6,13 @@ Docs: https://minimind-course.github.io/minimind/cli.html.md"""
 
 # %% ../nbs/99_cli.ipynb #32296237
 from __future__ import annotations
-import argparse, json, os, sys, time
+import argparse, importlib, json, os, sys, time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['TRAIN_STAGES', 'COURSE_PARAMS', 'repo_root', 'stage_notebooks', 'add_pretrain_args', 'run_pretrain', 'add_chat_args',
-           'load_for_chat', 'stream_reply', 'run_chat', 'add_serve_args', 'run_serve', 'run_webui', 'run_notebook',
-           'course_chat', 'add_course_args', 'run_course', 'build_parser', 'main']
+__all__ = ['TRAIN_STAGES', 'COURSE_PARAMS', 'CHAT_STAGES', 'repo_root', 'stage_notebooks', 'add_train_args', 'run_train',
+           'add_chat_args', 'load_for_chat', 'stream_reply', 'run_chat', 'add_serve_args', 'run_serve', 'run_webui',
+           'run_notebook', 'course_chat', 'add_course_args', 'run_course', 'build_parser', 'main']
 
 # %% ../nbs/99_cli.ipynb #0342d632
 def repo_root() -> Path:
@@ -30,13 +30,27 @@ def stage_notebooks(nbs_dir, # the notebooks folder
     return nbs
 
 # %% ../nbs/99_cli.ipynb #0253c1e5
-def add_pretrain_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
-    "Arguments of `minimind train pretrain` (None = the preset's value)."
-    p.add_argument("--preset", default="tiny", help="tiny | course | zero | minimind2 | moe (see minimind.train.PRETRAIN_PRESETS)")
-    p.add_argument("--data", default=None, help="training JSONL (default: the bundled sample dataset/pretrain.jsonl)")
-    p.add_argument("--eval-data", default=None, help="held-out JSONL (default: the sample's pretrain_eval.jsonl with the sample, else 2%% of the rows)")
-    p.add_argument("--out", default="runs/pretrain", help="run folder: checkpoints/, loss.png, history.json, model/")
+TRAIN_STAGES = {  # stage -> its library function, presets, default sample files, help; `args`: the stage's own options
+    "pretrain": dict(run="minimind.train:pretrain", presets="minimind.train:PRETRAIN_PRESETS", data="pretrain", eval="pretrain_eval",
+                     help="pretrain a model from scratch (notebook 03)", init="a model folder to continue pretraining from"),
+    "sft": dict(run="minimind.sft:sft", presets="minimind.sft:SFT_PRESETS", data="sft", eval="sft_eval",
+                help="supervised fine-tuning: a chat model from a pretrained one (notebook 04)",
+                init="the pretrained model folder (default: a quick tiny pretraining on the sample first)"),
+}
+
+def _ref(ref:str):
+    "The object a 'module:name' string names (imported only when a command runs: `minimind --help` stays fast)."
+    mod, name = ref.split(":"); return getattr(importlib.import_module(mod), name)
+
+def add_train_args(p:argparse.ArgumentParser, stage:str) -> argparse.ArgumentParser:
+    "Arguments of `minimind train <stage>` (None = the preset's value)."
+    s = TRAIN_STAGES[stage]
+    p.add_argument("--preset", default="tiny", help=f"a preset name (see {s['presets'].replace(':', '.')}); tiny is a CPU smoke run")
+    p.add_argument("--data", default=None, help=f"training JSONL (default: the bundled sample dataset/{s['data']}.jsonl)")
+    p.add_argument("--eval-data", default=None, help=f"held-out JSONL (default: the sample's {s['eval']}.jsonl when training on the sample)")
+    p.add_argument("--out", default=f"runs/{stage}", help="run folder: checkpoints/, loss.png, history.json, model/")
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
+    p.add_argument("--init-from", help=s["init"])
     p.add_argument("--steps", type=int, help="optimizer steps (overrides the preset's epochs)")
     p.add_argument("--batch-size", type=int, help="rows per micro-batch per GPU")
     p.add_argument("--grad-accum", type=int, help="micro-batches per step (out of memory? halve --batch-size, double this)")
@@ -45,33 +59,32 @@ def add_pretrain_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--init-from", help="a model folder to continue pretraining from")
     p.add_argument("--cache-dir", help="token-file cache folder")
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad JSONL lines instead of stopping")
     p.add_argument("--eval-every", type=int); p.add_argument("--ckpt-every", type=int); p.add_argument("--seed", type=int)
     p.add_argument("--wandb", default="disabled", choices=["disabled", "offline", "online"], help="wandb mode")
     p.add_argument("--wandb-project", default="minimind"); p.add_argument("--wandb-run", default=None)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar (log files only)")
+    for flag, kw in s.get("args", []): p.add_argument(flag, **kw)
     return p
 
-def run_pretrain(a:argparse.Namespace) -> int:
-    "`minimind train pretrain`: one pretraining run, the same code path as notebook 03."
+def run_train(a:argparse.Namespace) -> int:
+    "`minimind train <stage>`: one run of the stage's library function, the same code path as its notebook."
     from minimind.data import sample_path
-    from minimind.train import PRETRAIN_PRESETS, pretrain
-    if a.preset not in PRETRAIN_PRESETS: sys.exit(f"minimind train pretrain: unknown preset {a.preset!r}; choose from {', '.join(PRETRAIN_PRESETS)}")
-    data, eval_data = a.data or sample_path("pretrain"), a.eval_data or (None if a.data else sample_path("pretrain_eval"))
+    s = TRAIN_STAGES[a.stage]; presets = _ref(s["presets"])
+    if a.preset not in presets: sys.exit(f"minimind train {a.stage}: unknown preset {a.preset!r}; choose from {', '.join(presets)}")
+    data, eval_data = a.data or sample_path(s["data"]), a.eval_data or (None if a.data else sample_path(s["eval"]))
+    extra = {k: v for k in (f.lstrip("-").replace("-", "_") for f, _ in s.get("args", [])) if (v := getattr(a, k)) is not None}
     t0 = time.time()
-    t = pretrain(data, a.preset, resume=a.resume, eval_path=eval_data, run_dir=a.out, cache_dir=a.cache_dir,
-                 init_from=a.init_from, skip_bad=a.skip_bad, steps=a.steps, batch_size=a.batch_size, grad_accum=a.grad_accum,
-                 seq_len=a.seq_len, lr=a.lr, device=a.device, dtype=a.dtype, compile=a.compile or None, eval_every=a.eval_every,
-                 ckpt_every=a.ckpt_every, seed=a.seed, wandb_mode=a.wandb, wandb_project=a.wandb_project, wandb_run=a.wandb_run,
-                 progress=not a.no_progress)
+    t = _ref(s["run"])(data, a.preset, resume=a.resume, eval_path=eval_data, run_dir=a.out, cache_dir=a.cache_dir,
+                       init_from=a.init_from, skip_bad=a.skip_bad, steps=a.steps, batch_size=a.batch_size, grad_accum=a.grad_accum,
+                       seq_len=a.seq_len, lr=a.lr, device=a.device, dtype=a.dtype, compile=a.compile or None, eval_every=a.eval_every,
+                       ckpt_every=a.ckpt_every, seed=a.seed, wandb_mode=a.wandb, wandb_project=a.wandb_project, wandb_run=a.wandb_run,
+                       progress=not a.no_progress, **extra)
     if t.is_main:
         ev = t.eval_history[-1]["eval_loss"] if t.eval_history else float("nan")
         print(f"step {t.step}: train loss {t.history[-1]['loss']:.3f}, held-out {ev:.3f}; model in {Path(a.out)/'model'} ({time.time() - t0:.0f} s)")
     return 0
-
-TRAIN_STAGES = {"pretrain": (add_pretrain_args, run_pretrain, "pretrain a model from scratch (notebook 03)")}  # later stages add theirs
 
 # %% ../nbs/99_cli.ipynb #958758df
 def add_chat_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -163,18 +176,24 @@ def run_notebook(nb:Path, out_nb:Path, params:dict, nbs_dir:Path) -> float:
                         cwd=str(nbs_dir), progress_bar=False, log_output=False)
     return time.time() - t0
 
-def course_chat(model_dir, facts_path, n:int=4):
-    "The main job's last words: greedy completions of a few held-out facts, then one chat-format prompt."
+CHAT_STAGES = ("04_sft",)  # the stage whose model the main job chats with at the end (the newest model otherwise)
+
+def course_chat(model_dir, facts_path, chat:bool=True, n:int=3):
+    "The main job's last words: questions about held-out facts (chat form), or completions for a pretrained-only model."
+    import random
     from minimind.data import iter_jsonl
     from minimind.score import complete
     model, tok = load_for_chat(model_dir, "cpu")
-    import random
-    facts = random.Random(0).sample([f for f in iter_jsonl(facts_path, kind="eval") if f.get("style", "complete") == "complete"], n)
+    style = "ask" if chat else "complete"
+    facts = [f for f in iter_jsonl(facts_path, kind="eval") if f.get("style") == style and f.get("split") == "pretrain_only"]
+    facts = random.Random(0).sample(facts, n)
     print(f"\n--- chat with {model_dir} ---")
-    for f, c in zip(facts, complete(model, tok, [f["prompt"] for f in facts], max_new_tokens=12)):
-        print(f"> {f['prompt']}\n{f['prompt']}{c}   [expected: {f['answer']}]")
-    q = "What is the colour of " + facts[0]["entity"] + "?" if "entity" in facts[0] else "Hello, who are you?"
-    print(f"> (chat) {q}"); stream_reply(model, tok, q, temperature=0, max_new_tokens=40)
+    if not chat:
+        for f, c in zip(facts, complete(model, tok, [f["prompt"] for f in facts], max_new_tokens=12)):
+            print(f"> {f['prompt']}\n{f['prompt']}{c}   [expected: {f['answer']}]")
+        return
+    for q, want in [("Who are you?", "MiniMind"), *[(f["prompt"], f["answer"]) for f in facts]]:
+        print(f"> {q}   [expected: {want}]"); stream_reply(model, tok, q, temperature=0, max_new_tokens=48)
 
 def add_course_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Arguments of `minimind course`."
@@ -205,8 +224,12 @@ def run_course(a:argparse.Namespace) -> int:
         except Exception as e:
             print(f"{nb.name} failed; the executed notebook is {out/nb.name}\n{e}", file=sys.stderr); return 1
     print("\n".join(f"{s:7.1f} s  {n}" for n, s in times) + f"\n{time.time() - t_all:7.1f} s  total")
+    from minimind.train import outcome_table, read_outcomes
+    outcomes = read_outcomes(out)
+    if outcomes: print("\nWhat each stage taught, measured on held-out items:\n" + outcome_table(outcomes))
     models = [out/nb.stem/"model" for nb in nbs if (out/nb.stem/"model"/"config.json").exists()]
-    if models and not a.no_chat: course_chat(models[-1], root/"dataset"/"facts_eval.jsonl")
+    chat_models = [out/s/"model" for s in CHAT_STAGES if (out/s/"model"/"config.json").exists()]
+    if models and not a.no_chat: course_chat((chat_models or models)[-1], root/"dataset"/"facts_eval.jsonl", chat=bool(chat_models))
     print(f"course done in {time.time() - t_all:.0f} s; outputs in {out}")
     return 0
 
@@ -216,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minimind", description="MiniMind, the course: train, chat, download data, run the course.")
     sub = p.add_subparsers(dest="cmd", required=True)
     tr = sub.add_parser("train", help="train a stage").add_subparsers(dest="stage", required=True)
-    for name, (add, run, help) in TRAIN_STAGES.items(): add(tr.add_parser(name, help=help)).set_defaults(func=run)
+    for name, s in TRAIN_STAGES.items(): add_train_args(tr.add_parser(name, help=s["help"]), name).set_defaults(func=run_train)
     add_chat_args(sub.add_parser("chat", help="chat with a model folder")).set_defaults(func=run_chat)
     s = add_serve_args(sub.add_parser("serve", help="an OpenAI-compatible server for a model folder (notebook 09)"))
     s.add_argument("--api-key", default=os.environ.get("MINIMIND_API_KEY"), help="require 'Authorization: Bearer KEY' (default: $MINIMIND_API_KEY)")

@@ -14,6 +14,7 @@ NO_EXPORT = {"index.ipynb"}                  # notebooks that export no module (
 # the tests run every notebook once through papermill with these overrides, which keep it short.
 NB_TEST_PARAMS = {
     "03_pretrain": {"preset": "tiny", "n_facts": 64},
+    "04_sft": {"preset": "tiny", "init_from": None},          # None: the notebook pretrains its own tiny base model
     "09_serve": {"max_clients": 4, "bench_tokens": 16},
     "09a_webui": {"browser": False},  # tests/test_webui.py drives the page in Chromium
 }
@@ -23,6 +24,7 @@ NB_TEST_PARAMS = {
 # with the metric named in LOWER_IS_BETTER. A metric listed here that the notebook did not record fails the test.
 OUTCOME_FLOORS = {
     "03_pretrain": {"held-out loss (nats/token)": (6.5, 1.5)},
+    "04_sft": {"held-out SFT loss (reply tokens)": (3.0, 0.3), "replies in chat form, ending <|im_end|>": (0.3, 0.2)},
 }
 LOWER_IS_BETTER = ("loss",)  # metrics whose name contains one of these improve by going down
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from minimind.cli import build_parser, main, run_pretrain, stage_notebooks
+from minimind.cli import build_parser, main, run_train, stage_notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -13,7 +13,7 @@ def test_train_pretrain_arguments():
     a = build_parser().parse_args(["train", "pretrain", "--preset", "zero", "--data", "d.jsonl", "--steps", "7", "--batch-size", "4",
                                    "--grad-accum", "16", "--resume", "--wandb", "offline"])
     assert (a.preset, a.data, a.steps, a.batch_size, a.grad_accum, a.resume, a.wandb, a.func) == \
-           ("zero", "d.jsonl", 7, 4, 16, True, "offline", run_pretrain)
+           ("zero", "d.jsonl", 7, 4, 16, True, "offline", run_train)
     a = build_parser().parse_args(["train", "pretrain"])
     assert (a.preset, a.steps, a.lr, a.out, a.device) == ("tiny", None, None, "runs/pretrain", "auto")  # None: the preset decides
 
