@@ -13,6 +13,8 @@ The weights are random (seeded): speed does not depend on what the weights say, 
   .venv/bin/python bench/bench_serve.py                         # MiniMind2-small on CPU, 5 rounds
   .venv/bin/python bench/bench_serve.py --threads 1 --rounds 9  # on a busy shared machine
   .venv/bin/python bench/bench_serve.py --preset tiny --rounds 2 --new-tokens 32   # a quick look
+  .venv/bin/python bench/bench_serve.py --preset overhead --skip server   # MiniMind2-small's depth at hidden 64:
+                                                                          # what a step costs besides reading weights
 """
 import argparse, os, statistics, time
 
@@ -76,7 +78,7 @@ def bench_server(model, tok, rounds, clients, new_tokens):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="minimind2-small")
+    p.add_argument("--preset", default="minimind2-small", help="a MiniMindConfig preset, or 'overhead'")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=100)
@@ -89,7 +91,9 @@ def main():
     from minimind.tokenizer import load_tokenizer
     import transformers
     torch.manual_seed(0)
-    model = MiniMindForCausalLM(MiniMindConfig.from_preset(a.preset)).eval()
+    cfg = (MiniMindConfig.from_preset("minimind2-small", hidden_size=64, intermediate_size=192) if a.preset == "overhead"
+           else MiniMindConfig.from_preset(a.preset))  # "overhead": same layers and heads, negligible weights
+    model = MiniMindForCausalLM(cfg).eval()
     print(f"{a.preset}: {model.num_params() / 1e6:.1f}M parameters, CPU fp32, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}, transformers {transformers.__version__}, {a.rounds} rounds alternated; "
           f"load average {os.getloadavg()[0]:.1f}")

@@ -113,13 +113,13 @@ def stream_reply(model, tok, text:str, raw:bool=False, max_new_tokens:int=128, t
     "Print the model's reply to `text` token by token (chat template unless `raw`); returns the reply."
     from minimind.tokenizer import BOS_ID, encode_chat
     ids = [BOS_ID] + tok.encode(text, add_special_tokens=False).ids if raw else encode_chat(tok, [{"role": "user", "content": text}], add_generation_prompt=True)
-    new, shown = [], ""
+    from minimind.serve import StreamDecoder
+    dec = StreamDecoder(tok)               # holds back a UTF-8 character split over tokens until it is whole
     for t in model.stream_generate(ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p):
         if t == model.config.eos_token_id: break
-        new.append(t); s = tok.decode(new)
-        if not s.endswith("\ufffd"): out.write(s[len(shown):]); out.flush(); shown = s  # wait for whole UTF-8 characters
-    out.write(tok.decode(new)[len(shown):] + "\n")
-    return tok.decode(new)
+        out.write(dec.push(t)); out.flush()
+    out.write(dec.flush() + "\n")
+    return dec.shown
 
 def run_chat(a:argparse.Namespace) -> int:
     "`minimind chat`: answer --prompt(s), or chat interactively until EOF / 'exit'."

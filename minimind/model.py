@@ -181,15 +181,16 @@ class KVCache:
         "Write k, v after the filled prefix, in place; return this layer's keys and values so far, (B, n_kv, len+T, hd)."
         end = self.len + k.shape[2]
         if self.k is None or end > self.k.shape[3]: self._grow(end, k)
-        self.k[layer, :, :, self.len:end] = k; self.v[layer, :, :, self.len:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        kl, vl = self.layers[layer]
+        kl.narrow(2, self.len, k.shape[2]).copy_(k); vl.narrow(2, self.len, k.shape[2]).copy_(v)
+        return kl.narrow(2, 0, end), vl.narrow(2, 0, end)
 
     def _grow(self, end:int, like):
         "(Re)allocate (n_layers, B, n_kv, capacity, hd) buffers for at least `end` positions; keep what is filled."
         cap = max(end, self.capacity, 2 * (self.k.shape[3] if self.k is not None else 0))
         k, v = (like.new_empty(self.n_layers, like.shape[0], like.shape[1], cap, like.shape[3]) for _ in range(2))
         if self.k is not None: k[..., :self.len, :], v[..., :self.len, :] = self.k[..., :self.len, :], self.v[..., :self.len, :]
-        self.k, self.v = k, v
+        self.k, self.v, self.layers = k, v, [(k[i], v[i]) for i in range(self.n_layers)]  # per-layer (B, n_kv, cap, hd) views
 
     def __len__(self): return self.n_layers
     def __getitem__(self, i): # layer i's (k, v), each (B, len, n_kv, hd), as views
