@@ -1,4 +1,4 @@
-"""An OpenAI-compatible chat server (FastAPI: JSON and server-sent events, one model behind a worker thread, 4xx errors in OpenAI's shape) and a streamlit chat page.
+"""An OpenAI-compatible chat server (FastAPI): JSON and server-sent events, text streamed safely, one model behind a worker thread, 4xx errors in OpenAI's shape.
 
 Docs: https://minimind-course.github.io/minimind/serve.html.md"""
 
@@ -331,7 +331,8 @@ def make_app(engine:Engine, api_key:str|None=None): # api_key: required as "Auth
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        if int(request.headers.get("content-length") or 0) > MAX_BODY: raise APIError(413, f"the request body is over {MAX_BODY} bytes", None, "request_too_large")
+        size = request.headers.get("content-length", "0")
+        if size.isdigit() and int(size) > MAX_BODY: raise APIError(413, f"the request body is over {MAX_BODY} bytes", None, "request_too_large")
         raw = await request.body()
         if len(raw) > MAX_BODY: raise APIError(413, f"the request body is over {MAX_BODY} bytes", None, "request_too_large")
         try: body = json.loads(raw)
