@@ -19,7 +19,7 @@ from .train import Trainer, causal_lm_loss, pretrain, record_outcome, resolve_nb
 
 # %% auto #0
 __all__ = ['SFT_PRESETS', 'chat_spans', 'encode_sft', 'plot_sft_mask', 'SFTData', 'load_sft', 'pack_rows', 'SFTDataset',
-           'useful_shares', 'base_model', 'make_sft_trainer', 'sft', 'sft_measures', 'stream_chat']
+           'useful_shares', 'base_model', 'pretrained_base', 'make_sft_trainer', 'sft', 'sft_measures', 'stream_chat']
 
 # %% ../nbs/04_sft.ipynb #e770c4d4
 def chat_spans(messages:list[dict], # [{"role", "content"}, ...]
@@ -167,17 +167,23 @@ SFT_PRESETS = {  # SFT from a pretrained folder; row length in tokens; TrainConf
 }
 
 def base_model(init_from=None, # a model folder from an earlier stage
-               preset:str="tiny", # the stage preset; its `pretrain_preset` is used when init_from is missing
-               presets:dict|None=None, # that stage's presets (default SFT_PRESETS)
-               run_dir=None, cache_dir=None, device:str="cpu") -> tuple[MiniMindForCausalLM, Path|None]:
-    "The model a stage starts from: `init_from` if it exists, else a fresh pretraining on the bundled sample (said on stdout)."
-    if init_from and (Path(init_from)/"config.json").exists(): return MiniMindForCausalLM.from_pretrained(init_from), Path(init_from)
-    p = (presets or SFT_PRESETS)[preset].get("pretrain_preset", "tiny")
-    where = Path(run_dir)/"base" if run_dir else None
-    print(f"no model at {init_from}: pretraining one first (preset {p!r}) on the bundled sample")
-    t = pretrain(sample_path("pretrain"), p, eval_path=sample_path("pretrain_eval"), run_dir=where, cache_dir=cache_dir,
-                 device=device, progress=False, live_plot=False)
-    return t.model.cpu().eval(), (where/"model" if where else None)
+               fallback=None, # () -> model: runs the earlier stages when init_from is missing
+               what:str="a pretrained model") -> MiniMindForCausalLM:
+    "The model a stage starts from: the `init_from` folder if it exists, else `fallback()` (said on stdout)."
+    if init_from and (Path(init_from)/"config.json").exists(): return MiniMindForCausalLM.from_pretrained(init_from)
+    if fallback is None: raise FileNotFoundError(f"{init_from}: not a model folder (no config.json) to start from")
+    print(f"no model at {init_from}: making {what} first, on the bundled sample")
+    return fallback().cpu().eval()
+
+def pretrained_base(init_from=None, # the pretrained model folder
+                    preset:str="tiny", # an SFT_PRESETS name: its `pretrain_preset` is the fallback's
+                    run_dir=None, cache_dir=None, device:str="cpu") -> MiniMindForCausalLM:
+    "The model SFT starts from: `init_from` if it exists, else a pretraining on the bundled sample."
+    def fallback():
+        p = SFT_PRESETS.get(preset, {}).get("pretrain_preset", "tiny")
+        return pretrain(sample_path("pretrain"), p, eval_path=sample_path("pretrain_eval"), run_dir=Path(run_dir)/"base" if run_dir else None,
+                        cache_dir=cache_dir, device=device, progress=False, live_plot=False).model
+    return base_model(init_from, fallback, f"a pretrained model (preset {SFT_PRESETS.get(preset, {}).get('pretrain_preset', 'tiny')!r})")
 
 def make_sft_trainer(data_path, # training conversations JSONL
                      preset:str="tiny", # a SFT_PRESETS name
@@ -193,7 +199,7 @@ def make_sft_trainer(data_path, # training conversations JSONL
     train = SFTDataset(load_sft(data_path, tok, p["seq_len"] + 1, skip_bad=skip_bad), p["seq_len"], pack)
     held = SFTDataset(load_sft(eval_path, tok, p["seq_len"] + 1, skip_bad=skip_bad), p["seq_len"], pack) if eval_path else None
     cfg = stage_config(p, len(train), run_dir)
-    model, _ = base_model(init_from, preset, SFT_PRESETS, run_dir, cache_dir, "cpu")
+    model = pretrained_base(init_from, preset, run_dir, cache_dir, cfg.device if cfg.device != "auto" else "cpu")
     trainer = Trainer(model, train, causal_lm_loss, eval_data=held, cfg=cfg)
     trainer.tok = tok
     return trainer
