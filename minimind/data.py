@@ -47,6 +47,7 @@ def check_turns(turns, field:str="conversations"):
         if not isinstance(t, dict): raise ValueError(f"{field}[{i}] should be an object, got {type(t).__name__}")
         if t.get("role") not in ROLES: raise ValueError(f"{field}[{i}]: role {t.get('role')!r} is not one of {'/'.join(ROLES)}")
         if not isinstance(t.get("content"), str): raise ValueError(f"{field}[{i}]: 'content' should be a string")
+        if not t["content"].strip(): raise ValueError(f"{field}[{i}]: empty {t['role']} content")
     roles = [t["role"] for t in turns]
     if "user" not in roles or "assistant" not in roles:
         raise ValueError(f"{field!r} needs at least one user and one assistant turn, got roles {roles}")

@@ -25,8 +25,8 @@ __all__ = ['PRETRAIN_PRESETS', 'resolve_nb_path', 'causal_lm_loss', 'token_cache
            'token_file_meta', 'load_tokens', 'PackedDataset', 'RowSampler', 'lr_at', 'get_device', 'autocast_for',
            'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_checkpoint',
            'rng_state', 'set_rng_state', 'TrainConfig', 'init_distributed', 'plot_losses', 'LivePlot', 'Trainer',
-           'resolve_preset', 'make_pretrainer', 'pretrain', 'unigram_entropy', 'record_outcome', 'read_outcomes',
-           'outcome_table']
+           'resolve_preset', 'stage_config', 'make_pretrainer', 'pretrain', 'unigram_entropy', 'record_outcome',
+           'read_outcomes', 'outcome_table']
 
 # %% ../nbs/03_pretrain.ipynb #0c04c164
 def resolve_nb_path(p, # a notebook parameter path
@@ -492,18 +492,29 @@ PRETRAIN_PRESETS = {  # model preset (+ overrides), row length, and TrainConfig 
     "moe":       dict(model="minimind2-moe", seq_len=512, epochs=1, batch_size=32, grad_accum=8, lr=5e-4, warmup_steps=100, eval_every=500, ckpt_every=500),
 }
 
-def resolve_preset(preset:str, # a PRETRAIN_PRESETS name
+def resolve_preset(preset:str, # a preset name
+                   presets:dict|None=None, # the stage's presets (default PRETRAIN_PRESETS; SFT, LoRA, DPO... pass theirs)
                    **overrides) -> dict:
     "The preset's settings with non-None overrides applied (`steps` is short for `max_steps`)."
-    if preset not in PRETRAIN_PRESETS: raise KeyError(f"unknown preset {preset!r}; choose from {sorted(PRETRAIN_PRESETS)}")
+    presets = PRETRAIN_PRESETS if presets is None else presets
+    if preset not in presets: raise KeyError(f"unknown preset {preset!r}; choose from {', '.join(presets)}")
     if overrides.get("steps") is not None: overrides["max_steps"], overrides["epochs"] = overrides["steps"], None
     overrides.pop("steps", None)
-    p = {**PRETRAIN_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    p = {**presets[preset], **{k: v for k, v in overrides.items() if v is not None}}
     if overrides.get("max_steps") is not None: p.pop("epochs", None)
     return p
 
 # %% ../nbs/03_pretrain.ipynb #b555ca5f
 _CFG_FIELDS = {f.name for f in fields(TrainConfig)}
+
+def stage_config(p:dict, # resolved preset settings (`resolve_preset`)
+                 n_rows:int, # training rows, for `epochs`
+                 run_dir=None) -> TrainConfig:
+    "The TrainConfig of a stage's settings; `epochs`, if set, becomes max_steps over `n_rows` rows (per process batch x accumulation x world)."
+    cfg = TrainConfig(**{k: v for k, v in p.items() if k in _CFG_FIELDS} | ({"run_dir": str(run_dir)} if run_dir else {}))
+    if p.get("epochs"):
+        cfg.max_steps = max(1, int(p["epochs"] * n_rows) // (cfg.batch_size * cfg.grad_accum * int(os.environ.get("WORLD_SIZE", 1))))
+    return cfg
 
 def make_pretrainer(data_path, # training JSONL ({"text"} per line)
                     preset:str="tiny", # a PRETRAIN_PRESETS name
@@ -519,13 +530,11 @@ def make_pretrainer(data_path, # training JSONL ({"text"} per line)
     "Tokenize, pack, build the model and the Trainer for a pretraining run (call `.fit()` on it)."
     p = resolve_preset(preset, **overrides)
     tok = tok or load_tokenizer()
-    cfg = TrainConfig(**{k: v for k, v in p.items() if k in _CFG_FIELDS} | ({"run_dir": str(run_dir)} if run_dir else {}))
     is_main = int(os.environ.get("RANK", 0)) == 0
     train = PackedDataset(tokenize_corpus(data_path, tok, cache_dir, skip_bad, progress=is_main and cfg.progress), p["seq_len"])
     if eval_path: held = PackedDataset(tokenize_corpus(eval_path, tok, cache_dir, skip_bad, progress=is_main and cfg.progress), p["seq_len"])
     else: train, held = train.split(val_frac)
-    if p.get("epochs"):
-        cfg.max_steps = max(1, int(p["epochs"] * len(train)) // (cfg.batch_size * cfg.grad_accum * int(os.environ.get("WORLD_SIZE", 1))))
+    cfg = stage_config(p, len(train), run_dir)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every rerun
     if init_from: model = MiniMindForCausalLM.from_pretrained(init_from)
     else: model = MiniMindForCausalLM(MiniMindConfig.from_preset(p["model"], vocab_size=tok.get_vocab_size(), **p.get("model_overrides", {})))
