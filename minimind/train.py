@@ -531,8 +531,8 @@ def make_pretrainer(data_path, # training JSONL ({"text"} per line)
     p = resolve_preset(preset, **overrides)
     tok = tok or load_tokenizer()
     is_main = int(os.environ.get("RANK", 0)) == 0
-    train = PackedDataset(tokenize_corpus(data_path, tok, cache_dir, skip_bad, progress=is_main and cfg.progress), p["seq_len"])
-    if eval_path: held = PackedDataset(tokenize_corpus(eval_path, tok, cache_dir, skip_bad, progress=is_main and cfg.progress), p["seq_len"])
+    train = PackedDataset(tokenize_corpus(data_path, tok, cache_dir, skip_bad, progress=is_main and p.get("progress", True)), p["seq_len"])
+    if eval_path: held = PackedDataset(tokenize_corpus(eval_path, tok, cache_dir, skip_bad, progress=is_main and p.get("progress", True)), p["seq_len"])
     else: train, held = train.split(val_frac)
     cfg = stage_config(p, len(train), run_dir)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every rerun
