@@ -46,6 +46,12 @@ TRAIN_STAGES = {  # stage -> its library function, presets, default sample files
     "sft": dict(run="minimind.sft:sft", presets="minimind.sft:SFT_PRESETS", data="sft", eval="sft_eval",
                 help="supervised fine-tuning: a chat model from a pretrained one (notebook 04)",
                 init="the pretrained model folder (default: a quick tiny pretraining on the sample first)"),
+    "lora": dict(run="minimind.lora:lora", presets="minimind.lora:LORA_PRESETS", data="lora_domain", eval="sft_eval",
+                 help="a LoRA adapter on a chat model: a domain or an identity (notebook 05)",
+                 init="the SFT model folder the adapter is trained on (default: a quick SFT first)",
+                 args=[("--rank", dict(type=int, help="LoRA rank r (default 8)")), ("--alpha", dict(type=float, help="scale alpha; the update is alpha/r B A (default 16)")),
+                       ("--dropout", dict(type=float, help="dropout on the adapter input (default 0.05)")),
+                       ("--targets", dict(help="all | attention | minimind (q_proj, o_proj) | a regex on module names (default all)"))]),
 }
 
 def _ref(ref:str):
@@ -116,6 +122,7 @@ def run_sample(a:argparse.Namespace) -> int:
 def add_chat_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Arguments of `minimind chat`."
     p.add_argument("--model", required=True, help="a model folder (model.safetensors + config.json + tokenizer.json)")
+    p.add_argument("--adapter", help="a LoRA adapter folder (notebook 05) to load on top of --model, merged")
     p.add_argument("--prompt", action="append", help="a prompt (repeatable); none: an interactive chat")
     p.add_argument("--raw", action="store_true", help="continue the text as is (a pretrained model), no chat template")
     p.add_argument("--max-new-tokens", type=int, default=128)
@@ -124,14 +131,19 @@ def add_chat_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     return p
 
-def load_for_chat(folder, device="auto"):
-    "(model, tokenizer) from a model folder; the shipped tokenizer when the folder has none."
+def load_for_chat(folder, device="auto",
+                  adapter=None): # a LoRA adapter folder, merged into the model (an error if it does not fit, never ignored)
+    "(model, tokenizer) from a model folder (+ a LoRA adapter); the shipped tokenizer when the folder has none."
     from minimind.model import MiniMindForCausalLM
     from minimind.tokenizer import load_tokenizer
     from minimind.train import get_device
     folder = Path(folder)  # not a model folder: from_pretrained raises an error that names it
     tok = load_tokenizer(folder if (folder/"tokenizer.json").exists() else None)
-    return MiniMindForCausalLM.from_pretrained(folder).to(get_device(device)), tok
+    model = MiniMindForCausalLM.from_pretrained(folder)
+    if adapter is not None:
+        from minimind.lora import load_adapter
+        model = load_adapter(model, adapter, merge=True).eval()
+    return model.to(get_device(device)), tok
 
 def stream_reply(model, tok, text:str, raw:bool=False, max_new_tokens:int=128, temperature:float=0.7, top_p:float=0.85,
                  out=sys.stdout) -> str:
@@ -148,7 +160,7 @@ def stream_reply(model, tok, text:str, raw:bool=False, max_new_tokens:int=128, t
 
 def run_chat(a:argparse.Namespace) -> int:
     "`minimind chat`: answer --prompt(s), or chat interactively until EOF / 'exit'."
-    model, tok = load_for_chat(a.model, a.device)
+    model, tok = load_for_chat(a.model, a.device, a.adapter)
     kw = dict(raw=a.raw, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p)
     for p in a.prompt or []: print(f"> {p}"); stream_reply(model, tok, p, **kw)
     if a.prompt: return 0
