@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from .data import DataError, IDENTITY, iter_jsonl, sample_path
 from .model import MiniMindConfig, MiniMindForCausalLM
-from .score import by_lang, chat_replies, fact_accuracy, load_probes
+from .score import by_lang, chat_replies, first_choice, load_probes
 from .tokenizer import BOS_TOKEN, EOS_ID, EOS_TOKEN, PAD_ID, load_tokenizer
 from .train import Trainer, causal_lm_loss, pretrain, record_outcome, resolve_nb_path, resolve_preset, stage_config
 
@@ -211,20 +211,25 @@ def sft(data_path, preset:str="tiny", resume:bool=False, **kwargs) -> Trainer:
     return trainer
 
 # %% ../nbs/04_sft.ipynb #77d74a2d
-def sft_measures(model, tok, eval_path=None, # held-out conversations: their last user turn is asked
-                 facts_path=None, # facts_eval.jsonl: its chat questions about pretrain-only entities
-                 name:str="MiniMind", max_new_tokens:int=48) -> dict:
-    "Chat-form rate, held-out fact accuracy (and by language) and identity rate of a model asked through the chat template."
-    out = {}
-    if eval_path:
-        qs = [[t for t in r["conversations"] if t["role"] != "assistant"][-1]["content"] for r in iter_jsonl(eval_path, kind="sft")]
-        out["chat_form"] = float(np.mean([e for _, e in chat_replies(model, tok, qs, max_new_tokens)]))
-    if facts_path:
-        probes = [f for f in load_probes(facts_path) if f.get("style") == "ask" and f.get("split") == "pretrain_only"]
-        out["facts"], rows = fact_accuracy(model, tok, probes, max_new_tokens=32)
-        out["facts_by_lang"], out["fact_rows"] = by_lang(rows), rows
-    qs = [q for lang in ("en", "zh") for q in IDENTITY[lang]["q"]]
-    out["identity_replies"] = chat_replies(model, tok, qs, 32)
+def sft_measures(model, tok, facts_path=None, # facts_eval.jsonl: chat questions about the pretrain-only entities
+                 arith_path=None, # arith_eval.jsonl: held-out arithmetic questions
+                 name:str="MiniMind", # the name the identity answers should give
+                 n_arith:int=48, max_new_tokens:int=48) -> dict:
+    "Asked through the chat template: replies that stop, that answer the question asked, facts answered right (by language), identity."
+    out, qs = {}, []
+    if facts_path: qs += [(f["prompt"], f["entity"], f) for f in load_probes(facts_path) if f.get("style") == "ask" and f.get("split") == "pretrain_only"]
+    if arith_path: qs += [(a["prompt"], a["expression"], None) for a in load_probes(arith_path)[:n_arith]]
+    if qs:
+        replies = chat_replies(model, tok, [q for q, _, _ in qs], max_new_tokens)
+        out["stops"] = float(np.mean([e for _, e in replies]))
+        out["on_topic"] = float(np.mean([e and topic in r for (r, e), (_, topic, _) in zip(replies, qs)]))
+        facts = [(f, r) for (r, _), (_, _, f) in zip(replies, qs) if f is not None]
+        if facts:
+            rows = [{**f, "reply": r, "ok": first_choice(r, f["choices"]) == f["answer"]} for f, r in facts]
+            out["facts"], out["facts_by_lang"], out["fact_rows"] = float(np.mean([r["ok"] for r in rows])), by_lang(rows), rows
+        out["examples"] = [(q, r) for (q, _, _), (r, _) in zip(qs, replies)][::max(1, len(qs) // 4)][:4]
+    iq = [q for lang in ("en", "zh") for q in IDENTITY[lang]["q"]]
+    out["identity_replies"] = chat_replies(model, tok, iq, 32)
     out["identity"] = float(np.mean([name in r for r, _ in out["identity_replies"]]))
     return out
 
