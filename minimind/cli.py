@@ -8,6 +8,7 @@ Docs: https://minimind-course.github.io/minimind/cli.html.md"""
 from __future__ import annotations
 import argparse, json, os, sys, time
 from pathlib import Path
+from .export import add_export_args, run_export
 
 # %% auto #0
 __all__ = ['TRAIN_STAGES', 'COURSE_PARAMS', 'repo_root', 'stage_notebooks', 'add_pretrain_args', 'run_pretrain', 'add_chat_args',
@@ -187,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a stage").add_subparsers(dest="stage", required=True)
     for name, (add, run, help) in TRAIN_STAGES.items(): add(tr.add_parser(name, help=help)).set_defaults(func=run)
     add_chat_args(sub.add_parser("chat", help="chat with a model folder")).set_defaults(func=run_chat)
+    add_export_args(sub.add_parser("export", help="write a model for transformers, llama.cpp (GGUF) or ollama (notebook 10)")).set_defaults(func=run_export)
     add_course_args(sub.add_parser("course", help="run the course notebooks on the bundled sample (CPU), then chat")).set_defaults(func=run_course)
     sub.add_parser("download", help="download MiniMind's data from the hub (minimind download --help)")
     return p
