@@ -6,7 +6,7 @@ Docs: https://minimind-course.github.io/minimind/export.html.md"""
 
 # %% ../nbs/10_export.ipynb #6a47a5ff
 from __future__ import annotations
-import argparse, contextlib, hashlib, inspect, json, os, re, shutil, sys, tempfile, warnings
+import argparse, contextlib, hashlib, inspect, json, os, re, shutil, tempfile, warnings
 from pathlib import Path
 import numpy as np
 import torch
@@ -169,7 +169,7 @@ def from_minimind_config(d:dict, weight_names) -> MiniMindConfig:
     d = {k: v for k, v in d.items() if v is not None}
     if "num_experts" in d and "n_routed_experts" not in d:  # minimind-3's MoE: routed experts only
         if d.get("moe_intermediate_size", d.get("intermediate_size")) != d.get("intermediate_size"):
-            raise NotImplementedError("minimind-3 MoE with moe_intermediate_size != intermediate_size")
+            raise ValueError("minimind-3 MoE with moe_intermediate_size != intermediate_size is not supported")
         d.update(n_routed_experts=d["num_experts"], n_shared_experts=0, aux_loss_alpha=d.get("router_aux_loss_coef", 0.0))
     if not d.get("inference_rope_scaling", True): d.pop("rope_scaling", None)
     return MiniMindConfig.from_dict({**d, "qk_norm": any(n.endswith("self_attn.q_norm.weight") for n in weight_names)})
@@ -178,7 +178,7 @@ def from_minimind_config(d:dict, weight_names) -> MiniMindConfig:
 def _weights_file(folder:Path) -> Path:
     found = [folder/n for n in ("model.safetensors", "pytorch_model.bin") if (folder/n).exists()] + sorted(folder.glob("*.pth"))
     if found: return found[0]
-    if (folder/"model.safetensors.index.json").exists(): raise NotImplementedError(f"{folder}: sharded checkpoints are not supported")
+    if (folder/"model.safetensors.index.json").exists(): raise ValueError(f"{folder}: sharded checkpoints (model.safetensors.index.json) are not supported")
     raise FileNotFoundError(f"{folder}: no model.safetensors, pytorch_model.bin or *.pth")
 
 def import_model(path, # a model folder (ours, transformers Llama/Qwen3, MiniMind2's or minimind-3's) or a weights file
@@ -191,6 +191,7 @@ def import_model(path, # a model folder (ours, transformers Llama/Qwen3, MiniMin
     folder, wfile = (path, _weights_file(path)) if path.is_dir() else (path.parent, path)
     sd = {k: v.float() for k, v in load_state_dict_file(wfile).items()}
     d = json.loads((folder/"config.json").read_text()) if (folder/"config.json").exists() and not preset else {}
+    if preset and preset not in mm.PRESETS: raise ValueError(f"unknown preset {preset!r}; choose from {sorted(mm.PRESETS)}")
     if preset: config = MiniMindConfig.from_preset(preset)
     elif not d: raise FileNotFoundError(f"{wfile}: no config.json beside it; pass a preset, one of {sorted(mm.PRESETS)}")
     elif d.get("model_type") in ("llama", "qwen3"): config = from_hf_config(d)
@@ -221,8 +222,8 @@ GGUF_NAMES = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "sel
 
 def gguf_arch(config:MiniMindConfig) -> str:
     "llama.cpp architecture: `qwen3` (q/k norm, half-split RoPE) or `llama` (neighbour-pair RoPE: q/k rows permuted)."
-    if config.use_moe: raise NotImplementedError("GGUF export of MiniMind's MoE: llama.cpp has no architecture with its shared + routed experts; export hf instead")
-    if config.rope_scaling: raise NotImplementedError(f"GGUF export with rope_scaling={config.rope_scaling}: export without it, then use llama.cpp's --rope-scaling")
+    if config.use_moe: raise ValueError("GGUF export of MiniMind's MoE is not supported: llama.cpp has no architecture with its shared + routed experts; export hf instead")
+    if config.rope_scaling: raise ValueError(f"GGUF export with rope_scaling={config.rope_scaling} is not supported: export without it, then use llama.cpp's --rope-scaling")
     return "qwen3" if config.qk_norm else "llama"
 
 def gguf_tensors(model:MiniMindForCausalLM) -> dict[str, np.ndarray]:
@@ -410,9 +411,6 @@ def add_export_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 def run_export(a:argparse.Namespace) -> int:
-    "`minimind export`: write the model as a.format; a user's mistake prints one line."
-    try: out = export_model(a.model, a.format, a.out, a.dtype, a.preset)
-    except (FileNotFoundError, ValueError, NotImplementedError, KeyError) as e:
-        sys.exit(f"minimind export: {e.args[0] if isinstance(e, KeyError) else e}")
-    print(f"wrote {out}")
+    "`minimind export`: write the model as `a.format` (a user's mistake raises a ValueError/OSError: one line from `minimind`)."
+    print(f"wrote {export_model(a.model, a.format, a.out, a.dtype, a.preset)}")
     return 0

@@ -18,14 +18,15 @@ from tqdm.auto import tqdm
 from .data import DataError, iter_jsonl
 from .tokenizer import BOS_ID, EOS_ID, load_tokenizer, save_tokenizer
 from .model import MiniMindConfig, MiniMindForCausalLM
+from .score import by_lang, choice_accuracy, fact_accuracy, load_probes, spread
 
 # %% auto #0
 __all__ = ['PRETRAIN_PRESETS', 'resolve_nb_path', 'causal_lm_loss', 'token_cache_path', 'atomic_write', 'tokenize_corpus',
            'token_file_meta', 'load_tokens', 'PackedDataset', 'RowSampler', 'lr_at', 'get_device', 'autocast_for',
            'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_checkpoint',
            'rng_state', 'set_rng_state', 'TrainConfig', 'init_distributed', 'plot_losses', 'LivePlot', 'Trainer',
-           'resolve_preset', 'make_pretrainer', 'pretrain', 'unigram_entropy', 'complete', 'fact_accuracy',
-           'sequence_logprobs', 'choice_accuracy']
+           'resolve_preset', 'stage_config', 'make_pretrainer', 'pretrain', 'unigram_entropy', 'record_outcome',
+           'read_outcomes', 'outcome_table']
 
 # %% ../nbs/03_pretrain.ipynb #0c04c164
 def resolve_nb_path(p, # a notebook parameter path
@@ -38,10 +39,10 @@ def resolve_nb_path(p, # a notebook parameter path
 
 # %% ../nbs/03_pretrain.ipynb #a0b3bbb5
 def causal_lm_loss(model, # a causal LM returning `.logits` (and `.aux_loss` for MoE)
-                   batch:dict, # {'input_ids': (B, T), 'labels': (B, T)}, labels already shifted, -100 = ignore
+                   batch:dict, # {'input_ids', 'labels'} (B, T), labels already shifted, -100 = ignore; optional 'attention_mask', 'position_ids' (packed SFT)
                   ) -> tuple[torch.Tensor, dict]:
     "Mean next-token cross-entropy over labels != -100, plus the model's MoE load-balancing loss."
-    out = model(batch["input_ids"])
+    out = model(batch["input_ids"], attention_mask=batch.get("attention_mask"), position_ids=batch.get("position_ids"))
     logits = out.logits  # (B, T, V)
     ce = F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100)
     aux = getattr(out, "aux_loss", None)
@@ -96,13 +97,12 @@ def tokenize_corpus(path, # JSONL with one {"text": ...} document per line
     docs = iter_jsonl(path, kind="pretrain", skip_bad=skip_bad)
     n_docs = n_tok = 0
     bar = tqdm(total=_count_lines(path), desc=f"tokenize {Path(path).name}", unit="doc", disable=not progress)
-    with atomic_write(out) as f:  # streams: never more than `batch_docs` documents in memory
+    with bar, atomic_write(out) as f:  # streams: never more than `batch_docs` documents in memory; a bad line still ends the bar's line
         while batch := [d["text"] for _, d in zip(range(batch_docs), docs)]:
             encs = tok.encode_batch(batch, add_special_tokens=False)
             parts = [a for e in encs for a in (bos, np.asarray(e.ids, np.uint16), eos)]
             chunk = np.concatenate(parts); chunk.tofile(f)
             n_docs += len(batch); n_tok += len(chunk); bar.update(len(batch))
-    bar.close()
     n_bad = docs.bad_lines  # JsonlReader counts what skip_bad skipped
     if n_bad: warnings.warn(f"{path}: skipped {n_bad} bad lines")
     meta = dict(source=str(Path(path).resolve()), n_docs=n_docs, n_tokens=n_tok, n_bad=n_bad, vocab_size=tok.get_vocab_size())
@@ -166,7 +166,8 @@ class RowSampler:
         return idx
     def state_dict(self): return {"epoch": self.epoch, "pos": self.pos, "seed": self.seed, "n": self.n}
     def load_state_dict(self, sd):
-        if sd["n"] != self.n: raise ValueError(f"checkpoint data has {sd['n']} rows, this dataset {self.n}")
+        if sd["n"] != self.n: raise ValueError(f"the data changed: the checkpoint was trained on {sd['n']:,} rows, this data packs into "
+                                               f"{self.n:,} (another file, seq_len or held-out split); resume with the same data or start a new run folder")
         self.epoch, self.pos, self.seed = sd["epoch"], sd["pos"], sd["seed"]
 
 # %% ../nbs/03_pretrain.ipynb #f21832f8
@@ -417,7 +418,8 @@ class Trainer:
         "Continue from the newest good checkpoint in run_dir, if any; returns whether one was found."
         found = latest_checkpoint(self.ckpt_dir) if self.run_dir else None
         if found is None: return False
-        self.load_state_dict(found[1])
+        try: self.load_state_dict(found[1])
+        except (ValueError, RuntimeError) as e: raise ValueError(f"{found[0]}: cannot resume: {' '.join(str(e).split())[:300]}") from e
         if self.is_main: print(f"resumed from {found[0]} at step {self.step}")
         return True
 
@@ -490,18 +492,29 @@ PRETRAIN_PRESETS = {  # model preset (+ overrides), row length, and TrainConfig 
     "moe":       dict(model="minimind2-moe", seq_len=512, epochs=1, batch_size=32, grad_accum=8, lr=5e-4, warmup_steps=100, eval_every=500, ckpt_every=500),
 }
 
-def resolve_preset(preset:str, # a PRETRAIN_PRESETS name
+def resolve_preset(preset:str, # a preset name
+                   presets:dict|None=None, # the stage's presets (default PRETRAIN_PRESETS; SFT, LoRA, DPO... pass theirs)
                    **overrides) -> dict:
     "The preset's settings with non-None overrides applied (`steps` is short for `max_steps`)."
-    if preset not in PRETRAIN_PRESETS: raise KeyError(f"unknown preset {preset!r}; choose from {sorted(PRETRAIN_PRESETS)}")
+    presets = PRETRAIN_PRESETS if presets is None else presets
+    if preset not in presets: raise KeyError(f"unknown preset {preset!r}; choose from {', '.join(presets)}")
     if overrides.get("steps") is not None: overrides["max_steps"], overrides["epochs"] = overrides["steps"], None
     overrides.pop("steps", None)
-    p = {**PRETRAIN_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    p = {**presets[preset], **{k: v for k, v in overrides.items() if v is not None}}
     if overrides.get("max_steps") is not None: p.pop("epochs", None)
     return p
 
 # %% ../nbs/03_pretrain.ipynb #b555ca5f
 _CFG_FIELDS = {f.name for f in fields(TrainConfig)}
+
+def stage_config(p:dict, # resolved preset settings (`resolve_preset`)
+                 n_rows:int, # training rows, for `epochs`
+                 run_dir=None) -> TrainConfig:
+    "The TrainConfig of a stage's settings; `epochs`, if set, becomes max_steps over `n_rows` rows (per process batch x accumulation x world)."
+    cfg = TrainConfig(**{k: v for k, v in p.items() if k in _CFG_FIELDS} | ({"run_dir": str(run_dir)} if run_dir else {}))
+    if p.get("epochs"):
+        cfg.max_steps = max(1, int(p["epochs"] * n_rows) // (cfg.batch_size * cfg.grad_accum * int(os.environ.get("WORLD_SIZE", 1))))
+    return cfg
 
 def make_pretrainer(data_path, # training JSONL ({"text"} per line)
                     preset:str="tiny", # a PRETRAIN_PRESETS name
@@ -517,13 +530,11 @@ def make_pretrainer(data_path, # training JSONL ({"text"} per line)
     "Tokenize, pack, build the model and the Trainer for a pretraining run (call `.fit()` on it)."
     p = resolve_preset(preset, **overrides)
     tok = tok or load_tokenizer()
-    cfg = TrainConfig(**{k: v for k, v in p.items() if k in _CFG_FIELDS} | ({"run_dir": str(run_dir)} if run_dir else {}))
     is_main = int(os.environ.get("RANK", 0)) == 0
-    train = PackedDataset(tokenize_corpus(data_path, tok, cache_dir, skip_bad, progress=is_main), p["seq_len"])
-    if eval_path: held = PackedDataset(tokenize_corpus(eval_path, tok, cache_dir, skip_bad, progress=is_main), p["seq_len"])
+    train = PackedDataset(tokenize_corpus(data_path, tok, cache_dir, skip_bad, progress=is_main and p.get("progress", True)), p["seq_len"])
+    if eval_path: held = PackedDataset(tokenize_corpus(eval_path, tok, cache_dir, skip_bad, progress=is_main and p.get("progress", True)), p["seq_len"])
     else: train, held = train.split(val_frac)
-    if p.get("epochs"):
-        cfg.max_steps = max(1, int(p["epochs"] * len(train)) // (cfg.batch_size * cfg.grad_accum * int(os.environ.get("WORLD_SIZE", 1))))
+    cfg = stage_config(p, len(train), run_dir)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every rerun
     if init_from: model = MiniMindForCausalLM.from_pretrained(init_from)
     else: model = MiniMindForCausalLM(MiniMindConfig.from_preset(p["model"], vocab_size=tok.get_vocab_size(), **p.get("model_overrides", {})))
@@ -549,61 +560,29 @@ def unigram_entropy(tokens, # 1-D token ids (array or memmap)
     p = p[p > 0] / p.sum()
     return float(-(p * np.log(p)).sum())
 
-def _starts_with_word(completion:str, answer:str) -> bool:
-    "`completion` begins with `answer` as a whole word (Latin letters may not continue it; CJK has no spaces)."
-    c, a = completion.strip(), answer.strip()
-    nxt = c[len(a):len(a) + 1]
-    return c.startswith(a) and not (nxt.isascii() and nxt.isalnum() and a[-1:].isascii())
+# %% ../nbs/03_pretrain.ipynb #0a7c3e51
+def record_outcome(run_dir, # the stage's run folder
+                   stage:str, # e.g. "pretrain", "sft"
+                   rows:list[dict], # {"metric", "before", "after", "unit": "%"|"nats"|"", optional "note"}
+                  ) -> Path:
+    "Write run_dir/outcome.json, what this stage measurably taught; the main job's final table reads every stage's."
+    path = Path(run_dir)/"outcome.json"
+    with atomic_write(path, "w") as f: json.dump({"stage": stage, "rows": rows}, f, indent=1, ensure_ascii=False)
+    return path
 
-@torch.no_grad()
-def complete(model, tok, prompts:list[str], # texts to continue (each gets <|im_start|> in front, like training docs)
-             max_new_tokens:int=16, bs:int=64) -> list[str]:
-    "Greedy continuations of `prompts`, batched with left padding, cut at <|im_end|>."
-    was_training, dev = model.training, next(model.parameters()).device
-    model.eval(); outs = []
-    for i in range(0, len(prompts), bs):
-        ids = [[BOS_ID] + tok.encode(p, add_special_tokens=False).ids for p in prompts[i:i + bs]]
-        T = max(map(len, ids))
-        x = torch.tensor([[0] * (T - len(s)) + s for s in ids], device=dev)  # (B, T) left-padded
-        mask = torch.tensor([[0] * (T - len(s)) + [1] * len(s) for s in ids], device=dev)
-        y = model.generate(x, max_new_tokens=max_new_tokens, temperature=0, eos_token_id=EOS_ID, attention_mask=mask)
-        for row in y[:, T:].tolist():
-            outs.append(tok.decode(row[:row.index(EOS_ID)] if EOS_ID in row else row))
-    model.train(was_training)
-    return outs
+def read_outcomes(folder) -> list[dict]:
+    "The outcome rows of every stage run folder directly under `folder` (sorted by folder name), each with its stage."
+    rows = []
+    for p in sorted(Path(folder).glob("*/outcome.json")):
+        d = json.loads(p.read_text(encoding="utf-8")); rows += [{"stage": d["stage"], **r} for r in d["rows"]]
+    return rows
 
-def fact_accuracy(model, tok, facts, # a facts JSONL path or a list of {"prompt", "answer"}
-                  max_new_tokens:int=6) -> tuple[float, list[dict]]:
-    "Fraction of prompts whose greedy completion starts with the answer word; plus the per-fact rows."
-    facts = list(iter_jsonl(facts, kind="eval")) if isinstance(facts, (str, Path)) else list(facts)
-    got = complete(model, tok, [f["prompt"] for f in facts], max_new_tokens)
-    rows = [{"prompt": f["prompt"], "answer": f["answer"], "completion": g, "ok": _starts_with_word(g, f["answer"])} for f, g in zip(facts, got)]
-    return float(np.mean([r["ok"] for r in rows])), rows
+def _fmt(v, unit:str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)): return "–"
+    return f"{v:.1%}" if unit == "%" else f"{v:.3f}" if isinstance(v, float) else str(v)
 
-# %% ../nbs/03_pretrain.ipynb #c3f0a1b3
-@torch.no_grad()
-def sequence_logprobs(model, id_lists:list[list[int]], # token ids, each starting with <|im_start|>
-                      bs:int=256) -> torch.Tensor:
-    "Total log-probability of each sequence under the model (tokens after the first), right-padded batches."
-    was_training, dev = model.training, next(model.parameters()).device
-    model.eval(); out = []
-    for i in range(0, len(id_lists), bs):
-        chunk = id_lists[i:i + bs]; T = max(map(len, chunk))
-        x = torch.tensor([s + [0] * (T - len(s)) for s in chunk], device=dev)              # (B, T)
-        real = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in chunk], device=dev)
-        logp = F.log_softmax(model(x).logits[:, :-1].float(), -1)                          # (B, T-1, V)
-        tok_lp = logp.gather(-1, x[:, 1:, None])[..., 0] * real[:, 1:]                     # (B, T-1)
-        out.append(tok_lp.sum(-1).cpu())
-    model.train(was_training)
-    return torch.cat(out)
-
-def choice_accuracy(model, tok, facts:list[dict], # facts_eval rows with "prompt", "answer" and "choices"
-                   ) -> float:
-    "Fraction of facts whose right value is the most likely of its `choices` as a continuation of the prompt."
-    sep = lambda p: " " if p[-1:].isascii() else ""                                        # English has a space, Chinese none
-    seqs = [[BOS_ID] + tok.encode(f["prompt"] + sep(f["prompt"]) + c, add_special_tokens=False).ids
-            for f in facts for c in f["choices"]]
-    lp, k, hits = sequence_logprobs(model, seqs), 0, []
-    for f in facts:
-        n = len(f["choices"]); hits.append(f["choices"][int(lp[k:k + n].argmax())] == f["answer"]); k += n
-    return float(np.mean(hits))
+def outcome_table(rows:list[dict]) -> str:
+    "Markdown table of outcome rows: stage | metric | before | after."
+    lines = ["| stage | metric | before | after |", "|---|---|---|---|"]
+    lines += [f"| {r.get('stage', '')} | {r['metric']} | {_fmt(r.get('before'), r.get('unit', ''))} | {_fmt(r.get('after'), r.get('unit', ''))} |" for r in rows]
+    return "\n".join(lines)

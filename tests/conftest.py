@@ -10,6 +10,24 @@ TEST_OUTPUT = ROOT / "test-output"           # screenshots and other artefacts w
 NO_PARAMETERS = {"index.ipynb"}              # notebooks with nothing to parametrize: no `parameters` cell
 NO_EXPORT = {"index.ipynb"}                  # notebooks that export no module (the docs home page)
 
+# A notebook's `parameters` defaults are what a learner runs on opening it (the CPU setting that shows the outcome);
+# the tests run every notebook once through papermill with these overrides, which keep it short.
+NB_TEST_PARAMS = {
+    "03_pretrain": {"preset": "tiny", "n_facts": 64},
+    "04_sft": {"preset": "tiny", "init_from": None},          # None: the notebook pretrains its own tiny base model
+    "10_export": {"init_from": None, "train_steps": 30, "n_facts": 16, "gen_tokens": 12,
+                  "run_lm_eval": False},                      # tests/test_export.py runs lm-eval itself
+}
+
+# What each training stage must show on its test run: metric -> (lowest `after`, lowest `after - before`), read from
+# the outcome.json the notebook writes (`minimind.train.record_outcome`); for a loss, give (highest `after`, lowest drop)
+# with the metric named in LOWER_IS_BETTER. A metric listed here that the notebook did not record fails the test.
+OUTCOME_FLOORS = {
+    "03_pretrain": {"held-out loss (nats/token)": (6.5, 1.5)},
+    "04_sft": {"held-out SFT loss (reply tokens)": (3.0, 0.3), "replies in chat form, ending <|im_end|>": (0.3, 0.2)},
+}
+LOWER_IS_BETTER = ("loss",)  # metrics whose name contains one of these improve by going down
+
 # Every notebook run (in-process under nbdev's test_nb, or in a papermill kernel, which inherits this
 # environment) is headless and offline: no wandb account, no hub downloads, and `nbdev_export()` cells are
 # no-ops (IN_TEST) so that running the tests never rewrites minimind/.

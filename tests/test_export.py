@@ -225,7 +225,7 @@ def test_import_errors_name_the_file(tok, tmp_path):
     pth = write_layout("minimind-pth", m, tok, tmp_path / "out")
     with pytest.raises(FileNotFoundError, match=r"full_sft_128\.pth: no config\.json beside it; pass a preset"): import_model(pth)
     with pytest.raises(ValueError, match=r"full_sft_128\.pth: the weights do not fit"): import_model(pth, preset="minimind2-small")
-    with pytest.raises(KeyError, match="unknown preset"): import_model(pth, preset="nope")
+    with pytest.raises(ValueError, match="unknown preset 'nope'"): import_model(pth, preset="nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="empty: no model.safetensors"): import_model(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="no such file"): import_model(tmp_path / "missing")
@@ -283,9 +283,9 @@ def test_gguf_layout(arch, tok, tmp_path):
 
 def test_gguf_refuses_what_llama_cpp_cannot_run(tok, tmp_path):
     "MoE and RoPE scaling are refused with a message, and no file is left behind."
-    with pytest.raises(NotImplementedError, match="MoE"): export_gguf(confident_model(use_moe=True), tok, tmp_path / "moe.gguf")
+    with pytest.raises(ValueError, match="MoE is not supported"): export_gguf(confident_model(use_moe=True), tok, tmp_path / "moe.gguf")
     m = MiniMindForCausalLM(MiniMindConfig.from_preset("tiny", rope_scaling={"type": "linear", "factor": 2.0}))
-    with pytest.raises(NotImplementedError, match="rope_scaling"): export_gguf(m, tok, tmp_path / "rope.gguf")
+    with pytest.raises(ValueError, match="rope_scaling"): export_gguf(m, tok, tmp_path / "rope.gguf")
     with pytest.raises(ValueError, match="dtype 'q4_0'"): export_gguf(confident_model(), tok, tmp_path / "x.gguf", "q4_0")
     assert not list(tmp_path.iterdir())
 
@@ -423,9 +423,13 @@ def test_cli_export(tok, tmp_path, capsys):
     assert main(["export", "ollama", str(tmp_path / "model"), "--out", str(tmp_path / "o")]) == 0
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["Modelfile", "model-f16.gguf"]
     assert capsys.readouterr().out.count("wrote ") == 3
-    with pytest.raises(SystemExit) as e: main(["export", "hf", str(tmp_path / "model"), "--out", str(tmp_path / "x"), "--dtype", "q8_0"])
-    assert str(e.value.code).startswith("minimind export: hf export: dtype 'q8_0'")
-    r = subprocess.run([sys.executable, "-m", "minimind.cli", "export", "gguf", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")],
-                       capture_output=True, text=True)
-    assert r.returncode != 0 and "Traceback" not in r.stderr
-    assert r.stderr.strip() == f"minimind export: {tmp_path / 'nowhere'}: no such file or folder"
+    assert main(["export", "hf", str(tmp_path / "model"), "--out", str(tmp_path / "x"), "--dtype", "q8_0"]) == 1
+    assert capsys.readouterr().err.startswith("minimind: error: hf export: dtype 'q8_0' must be one of")
+    assert not (tmp_path / "x").exists()
+    pth = write_layout("minimind-pth", m, tok, tmp_path / "out")
+    for args, said in [(["gguf", str(tmp_path / "nowhere")], f"{tmp_path / 'nowhere'}: no such file or folder"),
+                       (["gguf", str(pth), "--preset", "minimind2-small"], f"{pth}: the weights do not fit"),
+                       (["gguf", str(pth)], f"{pth}: no config.json beside it"), (["gguf", str(pth), "--preset", "x"], "unknown preset 'x'")]:
+        r = subprocess.run([sys.executable, "-m", "minimind.cli", "export", *args, "--out", str(tmp_path / "y")], capture_output=True, text=True)
+        assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert r.stderr.startswith("minimind: error: ") and said in r.stderr, r.stderr

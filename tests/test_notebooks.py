@@ -1,19 +1,15 @@
-"""Every notebook runs headlessly with its tiny defaults (nbdev's runner), and its `parameters` cell works
-under papermill: an override reaches the notebook and its outputs land where the override points."""
-import contextlib
-import io
+"""Every notebook runs top to bottom under papermill (cwd nbs/), once, with the short overrides of
+`NB_TEST_PARAMS`: the overrides reach the notebook, its outputs land in the run_dir the test gives it, and a
+training stage's measured outcome clears its floor in `OUTCOME_FLOORS`."""
 import json
-import sys
+import time
 import uuid
 from pathlib import Path
 
 import nbformat
 import pytest
 
-import nbdev.test as nbt  # module import: `from nbdev.test import test_nb` would make pytest collect it
-from nbdev.config import get_config
-
-from conftest import NBS, NO_PARAMETERS, course_notebooks, nb_id
+from conftest import LOWER_IS_BETTER, NB_TEST_PARAMS, NBS, NO_PARAMETERS, OUTCOME_FLOORS, course_notebooks, nb_id
 
 NOTEBOOKS = course_notebooks()
 PROBE = "mm_papermill_probe"  # an extra parameter papermill injects; the probe cell prints it back
@@ -22,27 +18,6 @@ PROBE = "mm_papermill_probe"  # an extra parameter papermill injects; the probe 
 def parameters_cells(nb: nbformat.NotebookNode) -> list:
     "The cells tagged `parameters` (papermill injects its overrides right after the first one)."
     return [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
-
-
-@contextlib.contextmanager
-def real_stderr_captured():
-    "nbdev's test_nb writes a failing cell's traceback to `sys.__stderr__`: capture it for the report."
-    buf, saved = io.StringIO(), sys.__stderr__
-    sys.__stderr__ = buf
-    try: yield buf
-    finally: sys.__stderr__ = saved
-
-
-@pytest.mark.parametrize("nb", NOTEBOOKS, ids=nb_id)
-def test_notebook_runs(nb, nbs_untouched, record_property):
-    "The notebook runs top to bottom under nbdev's runner (as `nbdev-test` does), cwd = nbs/."
-    cfg = get_config(nb.parent)
-    skip_flags = cfg.tst_flags.split() if isinstance(cfg.tst_flags, str) else list(cfg.tst_flags or [])
-    with real_stderr_captured() as err:
-        ok, secs = nbt.test_nb(nb, skip_flags=skip_flags, basepath=cfg.config_path, cell_timeout=600)
-    record_property("seconds", round(secs, 1))
-    print(f"{nb.name}: {secs:.1f} s")
-    assert ok, f"{nb.name} failed under nbdev's test_nb:\n{err.getvalue()}"
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=nb_id)
@@ -54,9 +29,20 @@ def test_one_parameters_cell(nb):
         assert not cells, f"{nb.name} is listed as having no parameters cell but has {len(cells)}"
         return
     assert len(cells) == 1, (f"{nb.name} has {len(cells)} cells tagged 'parameters'; it needs exactly one "
-                             "(tiny CPU defaults, one literal per line) so papermill and the tests can override it")
+                             "(CPU defaults, one literal per line) so papermill and the tests can override it")
     assert cells[0].cell_type == "code"
     assert papermill.inspect_notebook(str(nb)), f"{nb.name}: papermill finds no parameter in its parameters cell"
+
+
+def test_test_params_name_real_notebooks_and_parameters():
+    "Every override in NB_TEST_PARAMS is a parameter its notebook declares (a typo would silently run the defaults)."
+    import papermill
+    stems = {nb.stem: nb for nb in NOTEBOOKS}
+    for stem, params in {**NB_TEST_PARAMS, **{k: {} for k in OUTCOME_FLOORS}}.items():
+        assert stem in stems, f"conftest names {stem}, which is not a notebook"
+        declared = papermill.inspect_notebook(str(stems[stem]))
+        unknown = set(params) - set(declared)
+        assert not unknown, f"{stem}: {sorted(unknown)} are not parameters of the notebook"
 
 
 def probe_copy(nb: Path, dst: Path, names: list) -> Path:
@@ -83,22 +69,36 @@ def same_or_inside(value: str, target: Path) -> bool:
     return p == target.resolve() or target.resolve() in p.parents
 
 
-PARAM_NOTEBOOKS = [nb for nb in NOTEBOOKS if nb.name not in NO_PARAMETERS]
+def check_floors(stem: str, run_dir: Path):
+    "The outcome the notebook recorded clears the floors of OUTCOME_FLOORS[stem]."
+    floors = OUTCOME_FLOORS.get(stem)
+    if not floors: return
+    path = run_dir / "outcome.json"
+    assert path.exists(), f"{stem} has outcome floors but wrote no {path.name}"
+    rows = {r["metric"]: r for r in json.loads(path.read_text(encoding="utf-8"))["rows"]}
+    for metric, (bound, gain) in floors.items():
+        assert metric in rows, f"{stem}: outcome has no metric {metric!r}; it has {sorted(rows)}"
+        before, after = rows[metric].get("before"), rows[metric]["after"]
+        if any(w in metric for w in LOWER_IS_BETTER):
+            assert after <= bound, f"{stem}: {metric} = {after:.4g}, above the ceiling {bound}"
+            if gain is not None: assert before - after >= gain, f"{stem}: {metric} fell {before - after:.4g} ({before:.4g} -> {after:.4g}), less than {gain}"
+        else:
+            assert after >= bound, f"{stem}: {metric} = {after:.4g}, below the floor {bound}"
+            if gain is not None: assert after - before >= gain, f"{stem}: {metric} rose {after - before:.4g} ({before:.4g} -> {after:.4g}), less than {gain}"
+    print(f"{stem} outcome: " + "; ".join(f"{m} {r.get('before')} -> {r['after']}" for m, r in rows.items()))
 
 
-@pytest.mark.parametrize("nb", PARAM_NOTEBOOKS, ids=nb_id)
-def test_papermill_override(nb, tmp_path, nbs_untouched, record_property):
-    "papermill (cwd nbs/) runs the notebook with overrides; they reach the notebook and steer its outputs."
-    import time
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=nb_id)
+def test_notebook_runs(nb, tmp_path, nbs_untouched, record_property):
+    "papermill (cwd nbs/) runs the notebook with its test overrides; they reach it and steer its outputs."
     import papermill
-    params = papermill.inspect_notebook(str(nb))  # {} without a parameters cell: test_one_parameters_cell fails
-    overrides = {PROBE: uuid.uuid4().hex}
+    params = papermill.inspect_notebook(str(nb))
+    overrides = {**NB_TEST_PARAMS.get(nb.stem, {}), PROBE: uuid.uuid4().hex}
     run_dir = tmp_path / "run_dir"
     if "run_dir" in params: overrides["run_dir"] = str(run_dir)
-    src = probe_copy(nb, tmp_path / nb.name, list(overrides))
+    src = probe_copy(nb, tmp_path / nb.name, [PROBE] + (["run_dir"] if "run_dir" in params else []))
     out = tmp_path / f"{nb.stem}.papermill.ipynb"
-    t0 = time.time()
-    error = None
+    t0, error = time.time(), None
     try:
         papermill.execute_notebook(str(src), str(out), parameters=overrides, cwd=str(NBS),
                                    progress_bar=False, log_output=False, request_save_on_cell_execute=False)
@@ -107,14 +107,15 @@ def test_papermill_override(nb, tmp_path, nbs_untouched, record_property):
     record_property("seconds", round(time.time() - t0, 1))
 
     executed = nbformat.read(out, as_version=4)
-    tags = [c.get("metadata", {}).get("tags", []) for c in executed.cells]
-    i = next((k for k, t in enumerate(tags) if "parameters" in t), -1)  # papermill injects at the top without one
-    assert "injected-parameters" in tags[i + 1], "papermill did not inject its cell after the parameters cell"
     seen = probe_values(executed)
     assert seen[PROBE] == overrides[PROBE], "the injected parameter did not reach the notebook's namespace"
+    if nb.name in NO_PARAMETERS: return
+    tags = [c.get("metadata", {}).get("tags", []) for c in executed.cells]
+    i = next(k for k, t in enumerate(tags) if "parameters" in t)
+    assert "injected-parameters" in tags[i + 1], "papermill did not inject its cell after the parameters cell"
     if "run_dir" in overrides:
         assert same_or_inside(seen["run_dir"], run_dir), (
             f"{nb.name} overwrote run_dir after the parameters cell: {seen['run_dir']!r}, not {run_dir}")
         written = sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file())
         assert written, f"{nb.name} declares run_dir but wrote nothing to the overridden run_dir {run_dir}"
-        print(f"{nb.name} wrote to run_dir: {written[:10]}")
+        check_floors(nb.stem, run_dir)

@@ -228,22 +228,3 @@ def test_wandb_offline_and_disabled_need_no_network(token_file, tmp_path, monkey
     assert runs and list(runs[0].glob("*.wandb")), "offline mode must write a local run to sync later"
     Trainer(micro_model(), ds, cfg=quiet_cfg(max_steps=2, batch_size=2, run_dir=str(tmp_path / "dis"), wandb_mode="disabled")).fit()
     assert not (tmp_path / "dis" / "wandb").exists()
-
-
-def test_sequence_logprobs_ignore_padding_and_choice_accuracy_ranks():
-    "Batched, right-padded scores equal each sequence scored alone; choosing is a ranking of those scores."
-    import torch.nn.functional as F
-    from minimind.train import choice_accuracy, sequence_logprobs
-    torch.manual_seed(0)
-    model = MiniMindForCausalLM(MiniMindConfig.from_preset("tiny", num_hidden_layers=1))
-    seqs = [[1, 5, 9, 11], [1, 7], [1, 300, 301, 302, 303, 304]]
-    together = sequence_logprobs(model, seqs)
-    alone = torch.cat([sequence_logprobs(model, [s]) for s in seqs])
-    assert torch.allclose(together, alone, atol=1e-5)
-    x = torch.tensor([seqs[2]])
-    ref = -F.cross_entropy(model(x).logits[0, :-1], x[0, 1:], reduction="sum")
-    assert torch.allclose(together[2], ref, atol=1e-4)
-    tok = load_tokenizer()
-    facts = [{"prompt": "The colour of Finkim is", "answer": c, "choices": ["red", "blue", "green"]} for c in ("red", "blue", "green")]
-    acc = choice_accuracy(model, tok, facts)
-    assert abs(acc - 1 / 3) < 1e-6  # the same prompt: exactly one of the three answers is the model's top choice
