@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import gguf
 from gguf import GGMLQuantizationType as QT
+from safetensors.torch import save_file
 import minimind.model as mm
 import minimind.moe as mmoe
 from .model import MiniMindConfig, MiniMindForCausalLM, to_hf_config, load_state_dict_file
@@ -77,7 +78,6 @@ def hf_config(config:MiniMindConfig, tok=None, dtype:str="f32") -> dict:
 def export_hf(model:MiniMindForCausalLM, tok, out, # the folder to write (replaced whole if it exists)
               dtype:str="f32") -> Path: # "f32" | "f16"
     "A transformers folder: config.json, model.safetensors, tokenizer files, generation_config.json (and the code, for MoE)."
-    from safetensors.torch import save_file
     if dtype not in HF_DTYPES: raise ValueError(f"hf export: dtype {dtype!r} must be one of {sorted(HF_DTYPES)} (q8_0 is for GGUF)")
     check_pairing(model.config, tok, where="export")
     sd = {k: v.detach().to("cpu", HF_DTYPES[dtype]).contiguous() for k, v in model.state_dict().items()}

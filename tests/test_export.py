@@ -17,8 +17,7 @@ from minimind.export import (TokenizerMismatchWarning, check_pairing, export_ggu
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.tokenizer import BOS_ID, CHAT_TEMPLATE, EOS_ID, apply_chat_template, load_tokenizer, save_tokenizer
 
-try: from minimind.score import choice_accuracy
-except ImportError: from minimind.train import choice_accuracy
+from minimind.score import choice_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = ROOT / "dataset"
