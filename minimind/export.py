@@ -6,7 +6,7 @@ Docs: https://minimind-course.github.io/minimind/export.html.md"""
 
 # %% ../nbs/10_export.ipynb #6a47a5ff
 from __future__ import annotations
-import argparse, contextlib, hashlib, inspect, json, os, re, shutil, tempfile, warnings
+import argparse, builtins, contextlib, hashlib, inspect, json, os, re, shutil, symtable, tempfile, warnings
 from pathlib import Path
 import numpy as np
 import torch
@@ -146,9 +146,22 @@ def _remote_source(obj) -> str:
         src = src.replace(line, "")
     return src
 
+def _undefined_globals(src:str) -> set[str]:
+    "Global names the code in `src` uses but neither defines nor imports (symtable: Python's own scope analysis)."
+    top = symtable.symtable(src, "modeling_minimind.py", "exec")
+    defined, used = {s.get_name() for s in top.get_symbols() if s.is_assigned() or s.is_imported()}, set()
+    def walk(t):
+        used.update(s.get_name() for s in t.get_symbols() if s.is_referenced() and (t.get_type() == "module" or s.is_global()))
+        for c in t.get_children(): walk(c)
+    walk(top)
+    return used - defined - set(dir(builtins))
+
 def remote_code() -> str:
-    "modeling_minimind.py: our layers' own source, then the transformers wrapper."
-    return "\n\n".join([REMOTE_HEADER, f"PRESETS = {mm.PRESETS!r}\n", *map(_remote_source, REMOTE_OBJECTS), REMOTE_WRAPPER])
+    "modeling_minimind.py: our layers' own source, then the transformers wrapper; refuses a file that lacks a name it uses."
+    src = "\n\n".join([REMOTE_HEADER, f"PRESETS = {mm.PRESETS!r}\n", *map(_remote_source, REMOTE_OBJECTS), REMOTE_WRAPPER])
+    if missing := _undefined_globals(src):
+        raise RuntimeError(f"modeling_minimind.py would use {sorted(missing)} without defining them: add them to minimind.export.REMOTE_OBJECTS")
+    return src
 
 # %% ../nbs/10_export.ipynb #bfb4605a
 def from_hf_config(d:dict) -> MiniMindConfig:
