@@ -426,9 +426,13 @@ def test_cli_export(tok, tmp_path, capsys):
     assert capsys.readouterr().err.startswith("minimind: error: hf export: dtype 'q8_0' must be one of")
     assert not (tmp_path / "x").exists()
     pth = write_layout("minimind-pth", m, tok, tmp_path / "out")
+    for args, said in [(["gguf", str(pth), "--preset", "minimind2-small"], f"{pth}: the weights do not fit"),
+                       (["gguf", str(pth), "--preset", "x"], "unknown preset 'x'")]:
+        assert main(["export", *args, "--out", str(tmp_path / "y")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("minimind: error: ") and said in err and len(err.strip().splitlines()) == 1, err
     for args, said in [(["gguf", str(tmp_path / "nowhere")], f"{tmp_path / 'nowhere'}: no such file or folder"),
-                       (["gguf", str(pth), "--preset", "minimind2-small"], f"{pth}: the weights do not fit"),
-                       (["gguf", str(pth)], f"{pth}: no config.json beside it"), (["gguf", str(pth), "--preset", "x"], "unknown preset 'x'")]:
+                       (["gguf", str(pth)], f"{pth}: no config.json beside it")]:  # the console entry point itself
         r = subprocess.run([sys.executable, "-m", "minimind.cli", "export", *args, "--out", str(tmp_path / "y")], capture_output=True, text=True)
         assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert r.stderr.startswith("minimind: error: ") and said in r.stderr, r.stderr
