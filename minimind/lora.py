@@ -11,17 +11,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from .data import PLANT_ATTRS, iter_jsonl, sample_path
+from .data import PLANT_ATTRS, PLANT_QA, _an, iter_jsonl, sample_path
 from .model import MiniMindForCausalLM
-from .score import fact_accuracy
+from .score import fact_accuracy, sequence_logprobs
 from .sft import SFTDataset, base_model, load_sft, sft
-from .tokenizer import load_tokenizer
+from .tokenizer import EOS_TOKEN, encode_chat, load_tokenizer
 from .train import Trainer, atomic_write, causal_lm_loss, resolve_preset, stage_config
 
 # %% auto #0
 __all__ = ['LORA_TARGETS', 'ADAPTER_WEIGHTS', 'ADAPTER_CONFIG', 'LORA_PRESETS', 'LoRALinear', 'apply_lora', 'lora_layers',
            'lora_parameters', 'merge_lora', 'unmerge_lora', 'base_fingerprint', 'save_adapter', 'load_adapter',
-           'merged_model', 'weights_hash', 'sft_base', 'make_lora_trainer', 'lora', 'domain_probes']
+           'merged_model', 'weights_hash', 'sft_base', 'make_lora_trainer', 'lora', 'domain_probes',
+           'domain_choice_accuracy']
 
 # %% ../nbs/05_lora.ipynb #56102e81
 class LoRALinear(nn.Linear):
@@ -209,3 +210,14 @@ def domain_probes(path) -> list[dict]:
     "lora_domain_eval rows with the attribute's possible values as `choices` (for `first_choice`)."
     return [{**r, "style": "ask", "choices": [v[0 if r["lang"] == "en" else 1] for v in PLANT_ATTRS[r["attribute"]]]}
             for r in iter_jsonl(path, kind="eval")]
+
+def domain_choice_accuracy(model, tok, probes:list[dict]) -> float:
+    "Fraction of probes whose right value makes the most likely reply (the training answer sentence with each of the 3 values)."
+    seqs, starts = [], []
+    for r in probes:
+        prompt = encode_chat(tok, [{"role": "user", "content": r["prompt"]}], add_generation_prompt=True)
+        for v in r["choices"]:
+            reply = _an(PLANT_QA[r["attribute"]][r["lang"]][2].format(p=r["plant"], v=v)) if r["lang"] == "en" else PLANT_QA[r["attribute"]]["zh"][2].format(p=r["plant"], v=v)
+            seqs.append(prompt + tok.encode(reply + EOS_TOKEN, add_special_tokens=False).ids); starts.append(len(prompt))
+    lp = sequence_logprobs(model, seqs, starts).view(len(probes), -1)                 # (probes, 3)
+    return float(np.mean([r["choices"][int(i)] == r["answer"] for r, i in zip(probes, lp.argmax(-1))]))
