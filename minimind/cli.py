@@ -8,6 +8,7 @@ Docs: https://minimind-course.github.io/minimind/cli.html.md"""
 from __future__ import annotations
 import argparse, importlib, json, os, sys, time
 from pathlib import Path
+from .export import add_export_args, run_export
 
 # %% auto #0
 __all__ = ['REPO_URL', 'TRAIN_STAGES', 'COURSE_PARAMS', 'CHAT_STAGES', 'CLIError', 'check_files', 'repo_root', 'stage_notebooks',
@@ -258,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a stage").add_subparsers(dest="stage", required=True)
     for name, s in TRAIN_STAGES.items(): add_train_args(tr.add_parser(name, help=s["help"]), name).set_defaults(func=run_train)
     add_chat_args(sub.add_parser("chat", help="chat with a model folder")).set_defaults(func=run_chat)
+    add_export_args(sub.add_parser("export", help="write a model for transformers, llama.cpp (GGUF) or ollama (notebook 10)")).set_defaults(func=run_export)
     add_course_args(sub.add_parser("course", help="run the course notebooks on the bundled sample (CPU), then chat")).set_defaults(func=run_course)
     sub.add_parser("download", help="download MiniMind's data from the hub (minimind download --help)")
     add_sample_args(sub.add_parser("sample", help="write the bundled sample's JSONL files into a folder")).set_defaults(func=run_sample)

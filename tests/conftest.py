@@ -20,6 +20,8 @@ NB_TEST_PARAMS = {
     "03_pretrain": {"preset": "tiny", "n_facts": 64},
     "04_sft": {"preset": "tiny", "init_from": None},          # None: the notebook pretrains its own tiny base model
     "05_lora": {"preset": "tiny", "init_from": "{sft}"},
+    "10_export": {"init_from": None, "train_steps": 30, "n_facts": 16, "gen_tokens": 12,
+                  "run_lm_eval": False},                      # tests/test_export.py runs lm-eval itself
 }
 
 # What each training stage must show on its test run: metric -> (lowest `after`, lowest `after - before`), read from
