@@ -8,13 +8,24 @@ Docs: https://minimind-course.github.io/minimind/cli.html.md"""
 from __future__ import annotations
 import argparse, importlib, json, os, sys, time
 from pathlib import Path
+from .export import add_export_args, run_export
 
 # %% auto #0
-__all__ = ['TRAIN_STAGES', 'COURSE_PARAMS', 'CHAT_STAGES', 'repo_root', 'stage_notebooks', 'add_train_args', 'run_train',
-           'add_chat_args', 'load_for_chat', 'stream_reply', 'run_chat', 'add_serve_args', 'run_serve', 'run_webui',
-           'run_notebook', 'course_chat', 'add_course_args', 'run_course', 'build_parser', 'main']
+__all__ = ['REPO_URL', 'TRAIN_STAGES', 'COURSE_PARAMS', 'CHAT_STAGES', 'CLIError', 'check_files', 'repo_root', 'stage_notebooks',
+           'add_train_args', 'run_train', 'add_sample_args', 'run_sample', 'add_chat_args', 'load_for_chat',
+           'stream_reply', 'run_chat', 'add_serve_args', 'run_serve', 'run_webui', 'run_notebook', 'course_chat',
+           'add_course_args', 'run_course', 'user_error', 'build_parser', 'main']
 
 # %% ../nbs/99_cli.ipynb #0342d632
+REPO_URL = "https://github.com/minimind-course/minimind"  # the course checkout: notebooks, dataset/, tests
+
+class CLIError(Exception): "A mistake in how `minimind` was called: `main` prints its message as one line."
+
+def check_files(*paths):
+    "Raise FileNotFoundError naming the first of `paths` (None skipped) that is not a file: before minutes of loading."
+    for p in paths:
+        if p is not None and not Path(p).is_file(): raise FileNotFoundError(2, "not a file" if Path(p).exists() else "no such file", str(p))
+
 def repo_root() -> Path:
     "The course checkout: the current folder (or its parent, from nbs/) if it holds nbs/, else the folder above the package."
     for d in (Path.cwd(), Path.cwd().parent):
@@ -36,6 +47,12 @@ TRAIN_STAGES = {  # stage -> its library function, presets, default sample files
     "sft": dict(run="minimind.sft:sft", presets="minimind.sft:SFT_PRESETS", data="sft", eval="sft_eval",
                 help="supervised fine-tuning: a chat model from a pretrained one (notebook 04)",
                 init="the pretrained model folder (default: a quick tiny pretraining on the sample first)"),
+    "lora": dict(run="minimind.lora:lora", presets="minimind.lora:LORA_PRESETS", data="lora_domain", eval="sft_eval",
+                 help="a LoRA adapter on a chat model: a domain or an identity (notebook 05)",
+                 init="the SFT model folder the adapter is trained on (default: a quick SFT first)",
+                 args=[("--rank", dict(type=int, help="LoRA rank r (default 8)")), ("--alpha", dict(type=float, help="scale alpha; the update is alpha/r B A (default 16)")),
+                       ("--dropout", dict(type=float, help="dropout on the adapter input (default 0.05)")),
+                       ("--targets", dict(help="all | attention | minimind (q_proj, o_proj) | a regex on module names (default all)"))]),
 }
 
 def _ref(ref:str):
@@ -72,7 +89,8 @@ def run_train(a:argparse.Namespace) -> int:
     "`minimind train <stage>`: one run of the stage's library function, the same code path as its notebook."
     from minimind.data import sample_path
     s = TRAIN_STAGES[a.stage]; presets = _ref(s["presets"])
-    if a.preset not in presets: sys.exit(f"minimind train {a.stage}: unknown preset {a.preset!r}; choose from {', '.join(presets)}")
+    if a.preset not in presets: raise CLIError(f"unknown preset {a.preset!r}; choose from {', '.join(presets)}")
+    check_files(a.data, a.eval_data)
     data, eval_data = a.data or sample_path(s["data"]), a.eval_data or (None if a.data else sample_path(s["eval"]))
     extra = {k: v for k in (f.lstrip("-").replace("-", "_") for f, _ in s.get("args", [])) if (v := getattr(a, k)) is not None}
     t0 = time.time()
@@ -86,10 +104,26 @@ def run_train(a:argparse.Namespace) -> int:
         print(f"step {t.step}: train loss {t.history[-1]['loss']:.3f}, held-out {ev:.3f}; model in {Path(a.out)/'model'} ({time.time() - t0:.0f} s)")
     return 0
 
+# %% ../nbs/99_cli.ipynb #9b7c2e02
+def add_sample_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
+    "Arguments of `minimind sample`."
+    p.add_argument("--out", default="dataset", help="folder to write the sample's JSONL files into (default: dataset)")
+    p.add_argument("--seed", type=int, default=0, help="0: the bundled sample; another seed invents another world")
+    return p
+
+def run_sample(a:argparse.Namespace) -> int:
+    "`minimind sample`: write every stage's sample file into --out (atomically: a reader never sees half a file)."
+    from minimind.data import SAMPLE_FILES, save_sample
+    out = save_sample(a.out, seed=a.seed)
+    size = sum((out/f).stat().st_size for f in SAMPLE_FILES.values())
+    print(f"wrote {len(SAMPLE_FILES)} files ({size/1e6:.1f} MB) to {out}; train on them with --data {out/SAMPLE_FILES['pretrain']}")
+    return 0
+
 # %% ../nbs/99_cli.ipynb #958758df
 def add_chat_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Arguments of `minimind chat`."
     p.add_argument("--model", required=True, help="a model folder (model.safetensors + config.json + tokenizer.json)")
+    p.add_argument("--adapter", help="a LoRA adapter folder (notebook 05) to load on top of --model, merged")
     p.add_argument("--prompt", action="append", help="a prompt (repeatable); none: an interactive chat")
     p.add_argument("--raw", action="store_true", help="continue the text as is (a pretrained model), no chat template")
     p.add_argument("--max-new-tokens", type=int, default=128)
@@ -98,15 +132,19 @@ def add_chat_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     return p
 
-def load_for_chat(folder, device="auto"):
-    "(model, tokenizer) from a model folder; the shipped tokenizer when the folder has none."
+def load_for_chat(folder, device="auto",
+                  adapter=None): # a LoRA adapter folder, merged into the model (an error if it does not fit, never ignored)
+    "(model, tokenizer) from a model folder (+ a LoRA adapter); the shipped tokenizer when the folder has none."
     from minimind.model import MiniMindForCausalLM
     from minimind.tokenizer import load_tokenizer
     from minimind.train import get_device
-    folder = Path(folder)
-    if not (folder/"config.json").exists(): sys.exit(f"minimind chat: {folder} is not a model folder (no config.json)")
+    folder = Path(folder)  # not a model folder: from_pretrained raises an error that names it
     tok = load_tokenizer(folder if (folder/"tokenizer.json").exists() else None)
-    return MiniMindForCausalLM.from_pretrained(folder).to(get_device(device)), tok
+    model = MiniMindForCausalLM.from_pretrained(folder)
+    if adapter is not None:
+        from minimind.lora import load_adapter
+        model = load_adapter(model, adapter, merge=True).eval()
+    return model.to(get_device(device)), tok
 
 def stream_reply(model, tok, text:str, raw:bool=False, max_new_tokens:int=128, temperature:float=0.7, top_p:float=0.85,
                  out=sys.stdout) -> str:
@@ -123,7 +161,7 @@ def stream_reply(model, tok, text:str, raw:bool=False, max_new_tokens:int=128, t
 
 def run_chat(a:argparse.Namespace) -> int:
     "`minimind chat`: answer --prompt(s), or chat interactively until EOF / 'exit'."
-    model, tok = load_for_chat(a.model, a.device)
+    model, tok = load_for_chat(a.model, a.device, a.adapter)
     kw = dict(raw=a.raw, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p)
     for p in a.prompt or []: print(f"> {p}"); stream_reply(model, tok, p, **kw)
     if a.prompt: return 0
@@ -153,14 +191,13 @@ def run_serve(a:argparse.Namespace) -> int:
     "`minimind serve`: the OpenAI-compatible server (notebook 09) until Ctrl-C."
     _needs_serve_extra("serve", "fastapi", "uvicorn")
     from minimind.serve import serve
-    try: serve(a.model, a.adapter, a.host, a.port, a.api_key, a.device, a.name, a.max_context)
-    except (OSError, RuntimeError, ValueError) as e: sys.exit(f"minimind serve: {e}")
+    serve(a.model, a.adapter, a.host, a.port, a.api_key, a.device, a.name, a.max_context)  # a bad folder: main prints one line
     return 0
 
 def run_webui(a:argparse.Namespace) -> int:
     "`minimind webui`: the streamlit chat page (notebook 09a)."
     _needs_serve_extra("webui", "streamlit")
-    if not (Path(a.model)/"config.json").exists(): sys.exit(f"minimind webui: {a.model} is not a model folder (no config.json)")
+    if not (Path(a.model)/"config.json").exists(): raise FileNotFoundError(f"{a.model} is not a model folder (no config.json)")
     from minimind.webui import launch
     return launch(a.model, a.adapter, a.host, a.port, a.device)
 
@@ -207,11 +244,13 @@ def add_course_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run_course(a:argparse.Namespace) -> int:
     "`minimind course`: run every stage notebook on the bundled sample (CPU), then chat with the last model.\n\n    A notebook that declares `init_from` starts from the newest model folder an earlier stage wrote."
-    try: import papermill  # noqa: F401
-    except ImportError: sys.exit("minimind course needs papermill: pip install 'minimind[dev]'")
     root = repo_root(); nbs_dir, out = root/"nbs", Path(a.out).resolve()
+    if not nbs_dir.is_dir(): raise CLIError(f"minimind course runs the course notebooks, which the installed package does not carry: "
+                                            f"git clone {REPO_URL} && cd minimind && make course")
+    try: import papermill  # noqa: F401
+    except ImportError: raise CLIError("minimind course needs papermill: pip install 'minimind[dev]'") from None
     nbs = stage_notebooks(nbs_dir, a.only)
-    if not nbs: sys.exit(f"minimind course: no stage notebooks in {nbs_dir} (run it from the course checkout)")
+    if not nbs: raise CLIError(f"minimind course: no stage notebook in {nbs_dir} matches --only {' '.join(a.only)}")
     if a.threads: os.environ["OMP_NUM_THREADS"] = str(a.threads)  # the papermill kernels inherit it
     else: os.environ.pop("OMP_NUM_THREADS", None)
     out.mkdir(parents=True, exist_ok=True); t_all, times = time.time(), []
@@ -233,10 +272,19 @@ def run_course(a:argparse.Namespace) -> int:
     print(f"course done in {time.time() - t_all:.0f} s; outputs in {out}")
     return 0
 
+# %% ../nbs/99_cli.ipynb #9b7c2e04
+def user_error(e:BaseException) -> str|None:
+    "The one line `minimind` prints for a mistake a user can make (a bad file, folder or value); None for a bug."
+    train = sys.modules.get("minimind.train")  # CheckpointError exists once the training code is imported
+    if not isinstance(e, (CLIError, OSError, ValueError) + ((train.CheckpointError,) if train else ())): return None
+    msg = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else str(e) or type(e).__name__
+    return " ".join(msg.split())
+
 # %% ../nbs/99_cli.ipynb #1179be4e
 def build_parser() -> argparse.ArgumentParser:
     "The `minimind` command and its subcommands."
     p = argparse.ArgumentParser(prog="minimind", description="MiniMind, the course: train, chat, download data, run the course.")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error, not just its one line")
     sub = p.add_subparsers(dest="cmd", required=True)
     tr = sub.add_parser("train", help="train a stage").add_subparsers(dest="stage", required=True)
     for name, s in TRAIN_STAGES.items(): add_train_args(tr.add_parser(name, help=s["help"]), name).set_defaults(func=run_train)
@@ -247,8 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-context", type=int, help="prompt + reply tokens (default: the model's max_position_embeddings)")
     s.set_defaults(func=run_serve)
     add_serve_args(sub.add_parser("webui", help="a streamlit chat page for a model folder (notebook 09a)"), 8501).set_defaults(func=run_webui)
+    add_export_args(sub.add_parser("export", help="write a model for transformers, llama.cpp (GGUF) or ollama (notebook 10)")).set_defaults(func=run_export)
     add_course_args(sub.add_parser("course", help="run the course notebooks on the bundled sample (CPU), then chat")).set_defaults(func=run_course)
     sub.add_parser("download", help="download MiniMind's data from the hub (minimind download --help)")
+    add_sample_args(sub.add_parser("sample", help="write the bundled sample's JSONL files into a folder")).set_defaults(func=run_sample)
     return p
 
 def _download(argv) -> int:
@@ -257,10 +307,19 @@ def _download(argv) -> int:
     return 0
 
 def main(argv:list[str]|None=None) -> int:
-    "Entry point of the `minimind` console script."
+    "Entry point of the `minimind` console script: a user's mistake prints one line and returns 1 (`--debug`: the traceback)."
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["download"]: return _download(argv[1:])  # minimind.data owns these arguments
-    a = build_parser().parse_args(argv)
-    return a.func(a) or 0
+    debug = argv[:1] == ["--debug"]
+    try:
+        if argv[debug:debug + 1] == ["download"]: return _download(argv[debug + 1:])  # minimind.data owns these arguments
+        a = build_parser().parse_args(argv)
+        return a.func(a) or 0
+    except KeyboardInterrupt:
+        if debug: raise
+        print("minimind: interrupted", file=sys.stderr); return 130
+    except Exception as e:
+        msg = user_error(e)
+        if debug or msg is None: raise
+        print(f"minimind: error: {msg}", file=sys.stderr); return 1
 
 if __name__ == "__main__" and Path(sys.argv[0]).name == "cli.py": sys.exit(main())  # python -m minimind.cli / torchrun -m

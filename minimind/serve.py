@@ -29,10 +29,9 @@ def load_model(folder, # a model folder: config.json + model.safetensors (+ toke
     if not (folder/"config.json").exists(): raise FileNotFoundError(f"{folder} is not a model folder (no config.json)")
     tok = load_tokenizer(folder if (folder/"tokenizer.json").exists() else None)
     model = MiniMindForCausalLM.from_pretrained(folder).to(get_device(device))
-    if adapter is not None:
-        try: from minimind.lora import load_adapter
-        except ImportError: raise RuntimeError(f"--adapter {adapter}: this minimind has no LoRA support (minimind.lora is missing)") from None
-        load_adapter(model, adapter)
+    if adapter is not None:  # merged into the weights: generation at the base model's cost
+        from minimind.lora import load_adapter
+        model = load_adapter(model, adapter, merge=True)
     return model.eval(), tok
 
 # %% ../nbs/09_serve.ipynb #s_error

@@ -13,13 +13,13 @@ import numpy as np
 import torch
 from .data import DataError, IDENTITY, iter_jsonl, sample_path
 from .model import MiniMindConfig, MiniMindForCausalLM
-from .score import by_lang, chat_replies, fact_accuracy, load_probes
+from .score import by_lang, chat_replies, first_choice, load_probes
 from .tokenizer import BOS_TOKEN, EOS_ID, EOS_TOKEN, PAD_ID, load_tokenizer
 from .train import Trainer, causal_lm_loss, pretrain, record_outcome, resolve_nb_path, resolve_preset, stage_config
 
 # %% auto #0
 __all__ = ['SFT_PRESETS', 'chat_spans', 'encode_sft', 'plot_sft_mask', 'SFTData', 'load_sft', 'pack_rows', 'SFTDataset',
-           'useful_shares', 'base_model', 'make_sft_trainer', 'sft', 'sft_measures', 'stream_chat']
+           'useful_shares', 'base_model', 'pretrained_base', 'make_sft_trainer', 'sft', 'sft_measures', 'stream_chat']
 
 # %% ../nbs/04_sft.ipynb #e770c4d4
 def chat_spans(messages:list[dict], # [{"role", "content"}, ...]
@@ -167,17 +167,23 @@ SFT_PRESETS = {  # SFT from a pretrained folder; row length in tokens; TrainConf
 }
 
 def base_model(init_from=None, # a model folder from an earlier stage
-               preset:str="tiny", # the stage preset; its `pretrain_preset` is used when init_from is missing
-               presets:dict|None=None, # that stage's presets (default SFT_PRESETS)
-               run_dir=None, cache_dir=None, device:str="cpu") -> tuple[MiniMindForCausalLM, Path|None]:
-    "The model a stage starts from: `init_from` if it exists, else a fresh pretraining on the bundled sample (said on stdout)."
-    if init_from and (Path(init_from)/"config.json").exists(): return MiniMindForCausalLM.from_pretrained(init_from), Path(init_from)
-    p = (presets or SFT_PRESETS)[preset].get("pretrain_preset", "tiny")
-    where = Path(run_dir)/"base" if run_dir else None
-    print(f"no model at {init_from}: pretraining one first (preset {p!r}) on the bundled sample")
-    t = pretrain(sample_path("pretrain"), p, eval_path=sample_path("pretrain_eval"), run_dir=where, cache_dir=cache_dir,
-                 device=device, progress=False, live_plot=False)
-    return t.model.cpu().eval(), (where/"model" if where else None)
+               fallback=None, # () -> model: runs the earlier stages when init_from is missing
+               what:str="a pretrained model") -> MiniMindForCausalLM:
+    "The model a stage starts from: the `init_from` folder if it exists, else `fallback()` (said on stdout)."
+    if init_from and (Path(init_from)/"config.json").exists(): return MiniMindForCausalLM.from_pretrained(init_from)
+    if fallback is None: raise FileNotFoundError(f"{init_from}: not a model folder (no config.json) to start from")
+    print(f"no model at {init_from}: making {what} first, on the bundled sample")
+    return fallback().cpu().eval()
+
+def pretrained_base(init_from=None, # the pretrained model folder
+                    preset:str="tiny", # an SFT_PRESETS name: its `pretrain_preset` is the fallback's
+                    run_dir=None, cache_dir=None, device:str="cpu") -> MiniMindForCausalLM:
+    "The model SFT starts from: `init_from` if it exists, else a pretraining on the bundled sample."
+    def fallback():
+        p = SFT_PRESETS.get(preset, {}).get("pretrain_preset", "tiny")
+        return pretrain(sample_path("pretrain"), p, eval_path=sample_path("pretrain_eval"), run_dir=Path(run_dir)/"base" if run_dir else None,
+                        cache_dir=cache_dir, device=device, progress=False, live_plot=False).model
+    return base_model(init_from, fallback, f"a pretrained model (preset {SFT_PRESETS.get(preset, {}).get('pretrain_preset', 'tiny')!r})")
 
 def make_sft_trainer(data_path, # training conversations JSONL
                      preset:str="tiny", # a SFT_PRESETS name
@@ -193,7 +199,7 @@ def make_sft_trainer(data_path, # training conversations JSONL
     train = SFTDataset(load_sft(data_path, tok, p["seq_len"] + 1, skip_bad=skip_bad), p["seq_len"], pack)
     held = SFTDataset(load_sft(eval_path, tok, p["seq_len"] + 1, skip_bad=skip_bad), p["seq_len"], pack) if eval_path else None
     cfg = stage_config(p, len(train), run_dir)
-    model, _ = base_model(init_from, preset, SFT_PRESETS, run_dir, cache_dir, "cpu")
+    model = pretrained_base(init_from, preset, run_dir, cache_dir, cfg.device if cfg.device != "auto" else "cpu")
     trainer = Trainer(model, train, causal_lm_loss, eval_data=held, cfg=cfg)
     trainer.tok = tok
     return trainer
@@ -205,20 +211,25 @@ def sft(data_path, preset:str="tiny", resume:bool=False, **kwargs) -> Trainer:
     return trainer
 
 # %% ../nbs/04_sft.ipynb #77d74a2d
-def sft_measures(model, tok, eval_path=None, # held-out conversations: their last user turn is asked
-                 facts_path=None, # facts_eval.jsonl: its chat questions about pretrain-only entities
-                 name:str="MiniMind", max_new_tokens:int=48) -> dict:
-    "Chat-form rate, held-out fact accuracy (and by language) and identity rate of a model asked through the chat template."
-    out = {}
-    if eval_path:
-        qs = [[t for t in r["conversations"] if t["role"] != "assistant"][-1]["content"] for r in iter_jsonl(eval_path, kind="sft")]
-        out["chat_form"] = float(np.mean([e for _, e in chat_replies(model, tok, qs, max_new_tokens)]))
-    if facts_path:
-        probes = [f for f in load_probes(facts_path) if f.get("style") == "ask" and f.get("split") == "pretrain_only"]
-        out["facts"], rows = fact_accuracy(model, tok, probes, max_new_tokens=32)
-        out["facts_by_lang"], out["fact_rows"] = by_lang(rows), rows
-    qs = [q for lang in ("en", "zh") for q in IDENTITY[lang]["q"]]
-    out["identity_replies"] = chat_replies(model, tok, qs, 32)
+def sft_measures(model, tok, facts_path=None, # facts_eval.jsonl: chat questions about the pretrain-only entities
+                 arith_path=None, # arith_eval.jsonl: held-out arithmetic questions
+                 name:str="MiniMind", # the name the identity answers should give
+                 n_arith:int=48, max_new_tokens:int=48) -> dict:
+    "Asked through the chat template: replies that stop, that answer the question asked, facts answered right (by language), identity."
+    out, qs = {}, []
+    if facts_path: qs += [(f["prompt"], f["entity"], f) for f in load_probes(facts_path) if f.get("style") == "ask" and f.get("split") == "pretrain_only"]
+    if arith_path: qs += [(a["prompt"], a["expression"], None) for a in load_probes(arith_path)[:n_arith]]
+    if qs:
+        replies = chat_replies(model, tok, [q for q, _, _ in qs], max_new_tokens)
+        out["stops"] = float(np.mean([e for _, e in replies]))
+        out["on_topic"] = float(np.mean([e and topic in r for (r, e), (_, topic, _) in zip(replies, qs)]))
+        facts = [(f, r) for (r, _), (_, _, f) in zip(replies, qs) if f is not None]
+        if facts:
+            rows = [{**f, "reply": r, "ok": first_choice(r, f["choices"]) == f["answer"]} for f, r in facts]
+            out["facts"], out["facts_by_lang"], out["fact_rows"] = float(np.mean([r["ok"] for r in rows])), by_lang(rows), rows
+        out["examples"] = [(q, r) for (q, _, _), (r, _) in zip(qs, replies)][::max(1, len(qs) // 4)][:4]
+    iq = [q for lang in ("en", "zh") for q in IDENTITY[lang]["q"]]
+    out["identity_replies"] = chat_replies(model, tok, iq, 32)
     out["identity"] = float(np.mean([name in r for r, _ in out["identity_replies"]]))
     return out
 

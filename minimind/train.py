@@ -97,13 +97,12 @@ def tokenize_corpus(path, # JSONL with one {"text": ...} document per line
     docs = iter_jsonl(path, kind="pretrain", skip_bad=skip_bad)
     n_docs = n_tok = 0
     bar = tqdm(total=_count_lines(path), desc=f"tokenize {Path(path).name}", unit="doc", disable=not progress)
-    with atomic_write(out) as f:  # streams: never more than `batch_docs` documents in memory
+    with bar, atomic_write(out) as f:  # streams: never more than `batch_docs` documents in memory; a bad line still ends the bar's line
         while batch := [d["text"] for _, d in zip(range(batch_docs), docs)]:
             encs = tok.encode_batch(batch, add_special_tokens=False)
             parts = [a for e in encs for a in (bos, np.asarray(e.ids, np.uint16), eos)]
             chunk = np.concatenate(parts); chunk.tofile(f)
             n_docs += len(batch); n_tok += len(chunk); bar.update(len(batch))
-    bar.close()
     n_bad = docs.bad_lines  # JsonlReader counts what skip_bad skipped
     if n_bad: warnings.warn(f"{path}: skipped {n_bad} bad lines")
     meta = dict(source=str(Path(path).resolve()), n_docs=n_docs, n_tokens=n_tok, n_bad=n_bad, vocab_size=tok.get_vocab_size())
@@ -167,7 +166,8 @@ class RowSampler:
         return idx
     def state_dict(self): return {"epoch": self.epoch, "pos": self.pos, "seed": self.seed, "n": self.n}
     def load_state_dict(self, sd):
-        if sd["n"] != self.n: raise ValueError(f"checkpoint data has {sd['n']} rows, this dataset {self.n}")
+        if sd["n"] != self.n: raise ValueError(f"the data changed: the checkpoint was trained on {sd['n']:,} rows, this data packs into "
+                                               f"{self.n:,} (another file, seq_len or held-out split); resume with the same data or start a new run folder")
         self.epoch, self.pos, self.seed = sd["epoch"], sd["pos"], sd["seed"]
 
 # %% ../nbs/03_pretrain.ipynb #f21832f8
@@ -418,7 +418,8 @@ class Trainer:
         "Continue from the newest good checkpoint in run_dir, if any; returns whether one was found."
         found = latest_checkpoint(self.ckpt_dir) if self.run_dir else None
         if found is None: return False
-        self.load_state_dict(found[1])
+        try: self.load_state_dict(found[1])
+        except (ValueError, RuntimeError) as e: raise ValueError(f"{found[0]}: cannot resume: {' '.join(str(e).split())[:300]}") from e
         if self.is_main: print(f"resumed from {found[0]} at step {self.step}")
         return True
 
@@ -530,8 +531,8 @@ def make_pretrainer(data_path, # training JSONL ({"text"} per line)
     p = resolve_preset(preset, **overrides)
     tok = tok or load_tokenizer()
     is_main = int(os.environ.get("RANK", 0)) == 0
-    train = PackedDataset(tokenize_corpus(data_path, tok, cache_dir, skip_bad, progress=is_main), p["seq_len"])
-    if eval_path: held = PackedDataset(tokenize_corpus(eval_path, tok, cache_dir, skip_bad, progress=is_main), p["seq_len"])
+    train = PackedDataset(tokenize_corpus(data_path, tok, cache_dir, skip_bad, progress=is_main and p.get("progress", True)), p["seq_len"])
+    if eval_path: held = PackedDataset(tokenize_corpus(eval_path, tok, cache_dir, skip_bad, progress=is_main and p.get("progress", True)), p["seq_len"])
     else: train, held = train.split(val_frac)
     cfg = stage_config(p, len(train), run_dir)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every rerun
