@@ -256,3 +256,24 @@ def test_cli_serve(model_dir, tmp_path):
         assert httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 401
     finally:
         proc.terminate(); proc.wait(20)
+
+
+def test_adapter_is_merged_and_served(model_dir, tmp_path):
+    "`--adapter`: load_model applies a minimind.lora adapter (merged); the server then answers with the adapted model."
+    from minimind.lora import apply_lora, lora_parameters, save_adapter
+    from minimind.tokenizer import encode_chat
+    tuned, tok = load_model(model_dir, "cpu")
+    apply_lora(tuned)
+    with torch.no_grad():
+        for p in lora_parameters(tuned): p.normal_(0, 0.3)          # an adapter that changes the replies
+    save_adapter(tuned, tmp_path / "adapter")
+    base, _ = load_model(model_dir, "cpu")
+    merged, _ = load_model(model_dir, "cpu", adapter=tmp_path / "adapter")
+    ids = torch.tensor([encode_chat(tok, ask(PLAIN_Q), add_generation_prompt=True)])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, tuned(ids).logits, atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(merged(ids).logits, base(ids).logits, atol=1e-2)
+    with serve_in_thread(make_app(Engine(merged, tok))) as url:
+        r = httpx.post(url + "/v1/chat/completions", json={"model": "minimind", "messages": ask(PLAIN_Q), "temperature": 0, "max_tokens": 16}, timeout=60)
+        want = tok.decode(list(tuned.stream_generate(ids[0].tolist(), 16, temperature=0)))
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == split_think(want)[1]
