@@ -13,7 +13,8 @@ NO_EXPORT = {"index.ipynb"}                  # notebooks that export no module (
 # A notebook's `parameters` defaults are what a learner runs on opening it (the CPU setting that shows the outcome);
 # the tests run every notebook once through papermill with these overrides, which keep it short.
 NB_TEST_PARAMS = {
-    "03_pretrain": {"preset": "tiny", "n_facts": 64},
+    "02_moe": {"steps": 50},                      # the balance demo's 2 (and exercise 3's third) runs, halved
+    "03_pretrain": {"preset": "tiny", "n_facts": 64, "demo_steps": 30},
 }
 
 # What each training stage must show on its test run: metric -> (lowest `after`, lowest `after - before`), read from
