@@ -25,15 +25,21 @@ help:
 $(PY):
 	python3 -m venv $(VENV)
 
-# Reinstall only when pyproject.toml's content changed (its hash is kept in the stamp; nbdev-export rewrites the
-# file with the same content, so its mtime is no guide). pip takes torch==2.13.0, the CPU build, from local disk.
+# Reinstall only when pyproject.toml's or constraints.txt's content changed (their hash is kept in the stamp;
+# nbdev-export rewrites pyproject.toml with the same content, so its mtime is no guide). The package declares ranges
+# (torch>=2.5); constraints.txt pins the test environment: torch==2.13.0, the CPU build, which pip takes from local disk.
 # papermill and JupyterLab start the kernel named python3: register this venv's python under that name
 # (--sys-prefix, not --user: a user-level spec would outlive this venv and shadow every other one).
+# `make test` also installs the export and eval extras (llama-cpp-python compiles llama.cpp once: LLAMA_CMAKE_ARGS
+# skip the parts of it the Python package never loads; pip's wheel cache makes later installs quick).
+EXTRAS ?= dev
+test: EXTRAS = dev,export,eval
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 install: | $(PY)
-	@h=$$(sha256sum pyproject.toml | cut -d' ' -f1); \
+	@h="$$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1) $(EXTRAS)"; \
 	if [ "$$(cat $(STAMP) 2>/dev/null)" != "$$h" ]; then \
 	  set -x; \
-	  $(PY) -m pip install -q -e ".[dev]"; \
+	  CMAKE_ARGS="$${CMAKE_ARGS:-$(LLAMA_CMAKE_ARGS)}" $(PY) -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"; \
 	  $(PY) -m ipykernel install --sys-prefix --name python3 --display-name python3 >/dev/null; \
 	  echo "$$h" > $(STAMP); \
 	fi

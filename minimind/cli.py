@@ -6,15 +6,26 @@ Docs: https://minimind-course.github.io/minimind/cli.html.md"""
 
 # %% ../nbs/99_cli.ipynb #32296237
 from __future__ import annotations
-import argparse, json, os, sys, time
+import argparse, importlib, json, os, sys, time
 from pathlib import Path
+from .export import add_export_args, run_export
 
 # %% auto #0
-__all__ = ['TRAIN_STAGES', 'COURSE_PARAMS', 'repo_root', 'stage_notebooks', 'add_pretrain_args', 'run_pretrain', 'add_chat_args',
-           'load_for_chat', 'stream_reply', 'run_chat', 'run_notebook', 'course_chat', 'add_course_args', 'run_course',
+__all__ = ['REPO_URL', 'TRAIN_STAGES', 'COURSE_PARAMS', 'CHAT_STAGES', 'CLIError', 'check_files', 'repo_root', 'stage_notebooks',
+           'add_train_args', 'run_train', 'add_sample_args', 'run_sample', 'add_chat_args', 'load_for_chat',
+           'stream_reply', 'run_chat', 'run_notebook', 'course_chat', 'add_course_args', 'run_course', 'user_error',
            'build_parser', 'main']
 
 # %% ../nbs/99_cli.ipynb #0342d632
+REPO_URL = "https://github.com/minimind-course/minimind"  # the course checkout: notebooks, dataset/, tests
+
+class CLIError(Exception): "A mistake in how `minimind` was called: `main` prints its message as one line."
+
+def check_files(*paths):
+    "Raise FileNotFoundError naming the first of `paths` (None skipped) that is not a file: before minutes of loading."
+    for p in paths:
+        if p is not None and not Path(p).is_file(): raise FileNotFoundError(2, "not a file" if Path(p).exists() else "no such file", str(p))
+
 def repo_root() -> Path:
     "The course checkout: the current folder (or its parent, from nbs/) if it holds nbs/, else the folder above the package."
     for d in (Path.cwd(), Path.cwd().parent):
@@ -30,13 +41,33 @@ def stage_notebooks(nbs_dir, # the notebooks folder
     return nbs
 
 # %% ../nbs/99_cli.ipynb #0253c1e5
-def add_pretrain_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
-    "Arguments of `minimind train pretrain` (None = the preset's value)."
-    p.add_argument("--preset", default="tiny", help="tiny | course | zero | minimind2 | moe (see minimind.train.PRETRAIN_PRESETS)")
-    p.add_argument("--data", default=None, help="training JSONL (default: the bundled sample dataset/pretrain.jsonl)")
-    p.add_argument("--eval-data", default=None, help="held-out JSONL (default: the sample's pretrain_eval.jsonl with the sample, else 2%% of the rows)")
-    p.add_argument("--out", default="runs/pretrain", help="run folder: checkpoints/, loss.png, history.json, model/")
+TRAIN_STAGES = {  # stage -> its library function, presets, default sample files, help; `args`: the stage's own options
+    "pretrain": dict(run="minimind.train:pretrain", presets="minimind.train:PRETRAIN_PRESETS", data="pretrain", eval="pretrain_eval",
+                     help="pretrain a model from scratch (notebook 03)", init="a model folder to continue pretraining from"),
+    "sft": dict(run="minimind.sft:sft", presets="minimind.sft:SFT_PRESETS", data="sft", eval="sft_eval",
+                help="supervised fine-tuning: a chat model from a pretrained one (notebook 04)",
+                init="the pretrained model folder (default: a quick tiny pretraining on the sample first)"),
+    "lora": dict(run="minimind.lora:lora", presets="minimind.lora:LORA_PRESETS", data="lora_domain", eval="sft_eval",
+                 help="a LoRA adapter on a chat model: a domain or an identity (notebook 05)",
+                 init="the SFT model folder the adapter is trained on (default: a quick SFT first)",
+                 args=[("--rank", dict(type=int, help="LoRA rank r (default 8)")), ("--alpha", dict(type=float, help="scale alpha; the update is alpha/r B A (default 16)")),
+                       ("--dropout", dict(type=float, help="dropout on the adapter input (default 0.05)")),
+                       ("--targets", dict(help="all | attention | minimind (q_proj, o_proj) | a regex on module names (default all)"))]),
+}
+
+def _ref(ref:str):
+    "The object a 'module:name' string names (imported only when a command runs: `minimind --help` stays fast)."
+    mod, name = ref.split(":"); return getattr(importlib.import_module(mod), name)
+
+def add_train_args(p:argparse.ArgumentParser, stage:str) -> argparse.ArgumentParser:
+    "Arguments of `minimind train <stage>` (None = the preset's value)."
+    s = TRAIN_STAGES[stage]
+    p.add_argument("--preset", default="tiny", help=f"a preset name (see {s['presets'].replace(':', '.')}); tiny is a CPU smoke run")
+    p.add_argument("--data", default=None, help=f"training JSONL (default: the bundled sample dataset/{s['data']}.jsonl)")
+    p.add_argument("--eval-data", default=None, help=f"held-out JSONL (default: the sample's {s['eval']}.jsonl when training on the sample)")
+    p.add_argument("--out", default=f"runs/{stage}", help="run folder: checkpoints/, loss.png, history.json, model/")
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
+    p.add_argument("--init-from", help=s["init"])
     p.add_argument("--steps", type=int, help="optimizer steps (overrides the preset's epochs)")
     p.add_argument("--batch-size", type=int, help="rows per micro-batch per GPU")
     p.add_argument("--grad-accum", type=int, help="micro-batches per step (out of memory? halve --batch-size, double this)")
@@ -45,38 +76,54 @@ def add_pretrain_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--init-from", help="a model folder to continue pretraining from")
     p.add_argument("--cache-dir", help="token-file cache folder")
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad JSONL lines instead of stopping")
     p.add_argument("--eval-every", type=int); p.add_argument("--ckpt-every", type=int); p.add_argument("--seed", type=int)
     p.add_argument("--wandb", default="disabled", choices=["disabled", "offline", "online"], help="wandb mode")
     p.add_argument("--wandb-project", default="minimind"); p.add_argument("--wandb-run", default=None)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar (log files only)")
+    for flag, kw in s.get("args", []): p.add_argument(flag, **kw)
     return p
 
-def run_pretrain(a:argparse.Namespace) -> int:
-    "`minimind train pretrain`: one pretraining run, the same code path as notebook 03."
+def run_train(a:argparse.Namespace) -> int:
+    "`minimind train <stage>`: one run of the stage's library function, the same code path as its notebook."
     from minimind.data import sample_path
-    from minimind.train import PRETRAIN_PRESETS, pretrain
-    if a.preset not in PRETRAIN_PRESETS: sys.exit(f"minimind train pretrain: unknown preset {a.preset!r}; choose from {', '.join(PRETRAIN_PRESETS)}")
-    data, eval_data = a.data or sample_path("pretrain"), a.eval_data or (None if a.data else sample_path("pretrain_eval"))
+    s = TRAIN_STAGES[a.stage]; presets = _ref(s["presets"])
+    if a.preset not in presets: raise CLIError(f"unknown preset {a.preset!r}; choose from {', '.join(presets)}")
+    check_files(a.data, a.eval_data)
+    data, eval_data = a.data or sample_path(s["data"]), a.eval_data or (None if a.data else sample_path(s["eval"]))
+    extra = {k: v for k in (f.lstrip("-").replace("-", "_") for f, _ in s.get("args", [])) if (v := getattr(a, k)) is not None}
     t0 = time.time()
-    t = pretrain(data, a.preset, resume=a.resume, eval_path=eval_data, run_dir=a.out, cache_dir=a.cache_dir,
-                 init_from=a.init_from, skip_bad=a.skip_bad, steps=a.steps, batch_size=a.batch_size, grad_accum=a.grad_accum,
-                 seq_len=a.seq_len, lr=a.lr, device=a.device, dtype=a.dtype, compile=a.compile or None, eval_every=a.eval_every,
-                 ckpt_every=a.ckpt_every, seed=a.seed, wandb_mode=a.wandb, wandb_project=a.wandb_project, wandb_run=a.wandb_run,
-                 progress=not a.no_progress)
+    t = _ref(s["run"])(data, a.preset, resume=a.resume, eval_path=eval_data, run_dir=a.out, cache_dir=a.cache_dir,
+                       init_from=a.init_from, skip_bad=a.skip_bad, steps=a.steps, batch_size=a.batch_size, grad_accum=a.grad_accum,
+                       seq_len=a.seq_len, lr=a.lr, device=a.device, dtype=a.dtype, compile=a.compile or None, eval_every=a.eval_every,
+                       ckpt_every=a.ckpt_every, seed=a.seed, wandb_mode=a.wandb, wandb_project=a.wandb_project, wandb_run=a.wandb_run,
+                       progress=not a.no_progress, **extra)
     if t.is_main:
         ev = t.eval_history[-1]["eval_loss"] if t.eval_history else float("nan")
         print(f"step {t.step}: train loss {t.history[-1]['loss']:.3f}, held-out {ev:.3f}; model in {Path(a.out)/'model'} ({time.time() - t0:.0f} s)")
     return 0
 
-TRAIN_STAGES = {"pretrain": (add_pretrain_args, run_pretrain, "pretrain a model from scratch (notebook 03)")}  # later stages add theirs
+# %% ../nbs/99_cli.ipynb #9b7c2e02
+def add_sample_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
+    "Arguments of `minimind sample`."
+    p.add_argument("--out", default="dataset", help="folder to write the sample's JSONL files into (default: dataset)")
+    p.add_argument("--seed", type=int, default=0, help="0: the bundled sample; another seed invents another world")
+    return p
+
+def run_sample(a:argparse.Namespace) -> int:
+    "`minimind sample`: write every stage's sample file into --out (atomically: a reader never sees half a file)."
+    from minimind.data import SAMPLE_FILES, save_sample
+    out = save_sample(a.out, seed=a.seed)
+    size = sum((out/f).stat().st_size for f in SAMPLE_FILES.values())
+    print(f"wrote {len(SAMPLE_FILES)} files ({size/1e6:.1f} MB) to {out}; train on them with --data {out/SAMPLE_FILES['pretrain']}")
+    return 0
 
 # %% ../nbs/99_cli.ipynb #958758df
 def add_chat_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Arguments of `minimind chat`."
     p.add_argument("--model", required=True, help="a model folder (model.safetensors + config.json + tokenizer.json)")
+    p.add_argument("--adapter", help="a LoRA adapter folder (notebook 05) to load on top of --model, merged")
     p.add_argument("--prompt", action="append", help="a prompt (repeatable); none: an interactive chat")
     p.add_argument("--raw", action="store_true", help="continue the text as is (a pretrained model), no chat template")
     p.add_argument("--max-new-tokens", type=int, default=128)
@@ -85,15 +132,19 @@ def add_chat_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     return p
 
-def load_for_chat(folder, device="auto"):
-    "(model, tokenizer) from a model folder; the shipped tokenizer when the folder has none."
+def load_for_chat(folder, device="auto",
+                  adapter=None): # a LoRA adapter folder, merged into the model (an error if it does not fit, never ignored)
+    "(model, tokenizer) from a model folder (+ a LoRA adapter); the shipped tokenizer when the folder has none."
     from minimind.model import MiniMindForCausalLM
     from minimind.tokenizer import load_tokenizer
     from minimind.train import get_device
-    folder = Path(folder)
-    if not (folder/"config.json").exists(): sys.exit(f"minimind chat: {folder} is not a model folder (no config.json)")
+    folder = Path(folder)  # not a model folder: from_pretrained raises an error that names it
     tok = load_tokenizer(folder if (folder/"tokenizer.json").exists() else None)
-    return MiniMindForCausalLM.from_pretrained(folder).to(get_device(device)), tok
+    model = MiniMindForCausalLM.from_pretrained(folder)
+    if adapter is not None:
+        from minimind.lora import load_adapter
+        model = load_adapter(model, adapter, merge=True).eval()
+    return model.to(get_device(device)), tok
 
 def stream_reply(model, tok, text:str, raw:bool=False, max_new_tokens:int=128, temperature:float=0.7, top_p:float=0.85,
                  out=sys.stdout) -> str:
@@ -110,7 +161,7 @@ def stream_reply(model, tok, text:str, raw:bool=False, max_new_tokens:int=128, t
 
 def run_chat(a:argparse.Namespace) -> int:
     "`minimind chat`: answer --prompt(s), or chat interactively until EOF / 'exit'."
-    model, tok = load_for_chat(a.model, a.device)
+    model, tok = load_for_chat(a.model, a.device, a.adapter)
     kw = dict(raw=a.raw, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p)
     for p in a.prompt or []: print(f"> {p}"); stream_reply(model, tok, p, **kw)
     if a.prompt: return 0
@@ -132,18 +183,24 @@ def run_notebook(nb:Path, out_nb:Path, params:dict, nbs_dir:Path) -> float:
                         cwd=str(nbs_dir), progress_bar=False, log_output=False)
     return time.time() - t0
 
-def course_chat(model_dir, facts_path, n:int=4):
-    "The main job's last words: greedy completions of a few held-out facts, then one chat-format prompt."
+CHAT_STAGES = ("04_sft",)  # the stage whose model the main job chats with at the end (the newest model otherwise)
+
+def course_chat(model_dir, facts_path, chat:bool=True, n:int=3):
+    "The main job's last words: questions about held-out facts (chat form), or completions for a pretrained-only model."
+    import random
     from minimind.data import iter_jsonl
     from minimind.score import complete
     model, tok = load_for_chat(model_dir, "cpu")
-    import random
-    facts = random.Random(0).sample([f for f in iter_jsonl(facts_path, kind="eval") if f.get("style", "complete") == "complete"], n)
+    style = "ask" if chat else "complete"
+    facts = [f for f in iter_jsonl(facts_path, kind="eval") if f.get("style") == style and f.get("split") == "pretrain_only"]
+    facts = random.Random(0).sample(facts, n)
     print(f"\n--- chat with {model_dir} ---")
-    for f, c in zip(facts, complete(model, tok, [f["prompt"] for f in facts], max_new_tokens=12)):
-        print(f"> {f['prompt']}\n{f['prompt']}{c}   [expected: {f['answer']}]")
-    q = "What is the colour of " + facts[0]["entity"] + "?" if "entity" in facts[0] else "Hello, who are you?"
-    print(f"> (chat) {q}"); stream_reply(model, tok, q, temperature=0, max_new_tokens=40)
+    if not chat:
+        for f, c in zip(facts, complete(model, tok, [f["prompt"] for f in facts], max_new_tokens=12)):
+            print(f"> {f['prompt']}\n{f['prompt']}{c}   [expected: {f['answer']}]")
+        return
+    for q, want in [("Who are you?", "MiniMind"), *[(f["prompt"], f["answer"]) for f in facts]]:
+        print(f"> {q}   [expected: {want}]"); stream_reply(model, tok, q, temperature=0, max_new_tokens=48)
 
 def add_course_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Arguments of `minimind course`."
@@ -157,11 +214,13 @@ def add_course_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run_course(a:argparse.Namespace) -> int:
     "`minimind course`: run every stage notebook on the bundled sample (CPU), then chat with the last model.\n\n    A notebook that declares `init_from` starts from the newest model folder an earlier stage wrote."
-    try: import papermill  # noqa: F401
-    except ImportError: sys.exit("minimind course needs papermill: pip install 'minimind[dev]'")
     root = repo_root(); nbs_dir, out = root/"nbs", Path(a.out).resolve()
+    if not nbs_dir.is_dir(): raise CLIError(f"minimind course runs the course notebooks, which the installed package does not carry: "
+                                            f"git clone {REPO_URL} && cd minimind && make course")
+    try: import papermill  # noqa: F401
+    except ImportError: raise CLIError("minimind course needs papermill: pip install 'minimind[dev]'") from None
     nbs = stage_notebooks(nbs_dir, a.only)
-    if not nbs: sys.exit(f"minimind course: no stage notebooks in {nbs_dir} (run it from the course checkout)")
+    if not nbs: raise CLIError(f"minimind course: no stage notebook in {nbs_dir} matches --only {' '.join(a.only)}")
     if a.threads: os.environ["OMP_NUM_THREADS"] = str(a.threads)  # the papermill kernels inherit it
     else: os.environ.pop("OMP_NUM_THREADS", None)
     out.mkdir(parents=True, exist_ok=True); t_all, times = time.time(), []
@@ -174,21 +233,36 @@ def run_course(a:argparse.Namespace) -> int:
         except Exception as e:
             print(f"{nb.name} failed; the executed notebook is {out/nb.name}\n{e}", file=sys.stderr); return 1
     print("\n".join(f"{s:7.1f} s  {n}" for n, s in times) + f"\n{time.time() - t_all:7.1f} s  total")
+    from minimind.train import outcome_table, read_outcomes
+    outcomes = read_outcomes(out)
+    if outcomes: print("\nWhat each stage taught, measured on held-out items:\n" + outcome_table(outcomes))
     models = [out/nb.stem/"model" for nb in nbs if (out/nb.stem/"model"/"config.json").exists()]
-    if models and not a.no_chat: course_chat(models[-1], root/"dataset"/"facts_eval.jsonl")
+    chat_models = [out/s/"model" for s in CHAT_STAGES if (out/s/"model"/"config.json").exists()]
+    if models and not a.no_chat: course_chat((chat_models or models)[-1], root/"dataset"/"facts_eval.jsonl", chat=bool(chat_models))
     print(f"course done in {time.time() - t_all:.0f} s; outputs in {out}")
     return 0
+
+# %% ../nbs/99_cli.ipynb #9b7c2e04
+def user_error(e:BaseException) -> str|None:
+    "The one line `minimind` prints for a mistake a user can make (a bad file, folder or value); None for a bug."
+    train = sys.modules.get("minimind.train")  # CheckpointError exists once the training code is imported
+    if not isinstance(e, (CLIError, OSError, ValueError) + ((train.CheckpointError,) if train else ())): return None
+    msg = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else str(e) or type(e).__name__
+    return " ".join(msg.split())
 
 # %% ../nbs/99_cli.ipynb #1179be4e
 def build_parser() -> argparse.ArgumentParser:
     "The `minimind` command and its subcommands."
     p = argparse.ArgumentParser(prog="minimind", description="MiniMind, the course: train, chat, download data, run the course.")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error, not just its one line")
     sub = p.add_subparsers(dest="cmd", required=True)
     tr = sub.add_parser("train", help="train a stage").add_subparsers(dest="stage", required=True)
-    for name, (add, run, help) in TRAIN_STAGES.items(): add(tr.add_parser(name, help=help)).set_defaults(func=run)
+    for name, s in TRAIN_STAGES.items(): add_train_args(tr.add_parser(name, help=s["help"]), name).set_defaults(func=run_train)
     add_chat_args(sub.add_parser("chat", help="chat with a model folder")).set_defaults(func=run_chat)
+    add_export_args(sub.add_parser("export", help="write a model for transformers, llama.cpp (GGUF) or ollama (notebook 10)")).set_defaults(func=run_export)
     add_course_args(sub.add_parser("course", help="run the course notebooks on the bundled sample (CPU), then chat")).set_defaults(func=run_course)
     sub.add_parser("download", help="download MiniMind's data from the hub (minimind download --help)")
+    add_sample_args(sub.add_parser("sample", help="write the bundled sample's JSONL files into a folder")).set_defaults(func=run_sample)
     return p
 
 def _download(argv) -> int:
@@ -197,10 +271,19 @@ def _download(argv) -> int:
     return 0
 
 def main(argv:list[str]|None=None) -> int:
-    "Entry point of the `minimind` console script."
+    "Entry point of the `minimind` console script: a user's mistake prints one line and returns 1 (`--debug`: the traceback)."
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["download"]: return _download(argv[1:])  # minimind.data owns these arguments
-    a = build_parser().parse_args(argv)
-    return a.func(a) or 0
+    debug = argv[:1] == ["--debug"]
+    try:
+        if argv[debug:debug + 1] == ["download"]: return _download(argv[debug + 1:])  # minimind.data owns these arguments
+        a = build_parser().parse_args(argv)
+        return a.func(a) or 0
+    except KeyboardInterrupt:
+        if debug: raise
+        print("minimind: interrupted", file=sys.stderr); return 130
+    except Exception as e:
+        msg = user_error(e)
+        if debug or msg is None: raise
+        print(f"minimind: error: {msg}", file=sys.stderr); return 1
 
 if __name__ == "__main__" and Path(sys.argv[0]).name == "cli.py": sys.exit(main())  # python -m minimind.cli / torchrun -m

@@ -6,8 +6,9 @@ Docs: https://minimind-course.github.io/minimind/data.html.md"""
 
 # %% ../nbs/00_data.ipynb #b1076d4b
 from __future__ import annotations
-import argparse, json, random, re
+import argparse, json, os, random, re, shutil, sys, tempfile
 from pathlib import Path
+from . import __version__
 
 # %% auto #0
 __all__ = ['KINDS', 'ROLES', 'SCHEMAS', 'THINK_RE', 'COLOURS', 'FOODS', 'COUNTRIES', 'NUMBERS', 'ATTRIBUTES', 'ENTITY_KINDS',
@@ -15,8 +16,9 @@ __all__ = ['KINDS', 'ROLES', 'SCHEMAS', 'THINK_RE', 'COLOURS', 'FOODS', 'COUNTRI
            'POLITE', 'RUDE', 'SYSTEM', 'PLANT_PARTS', 'PLANT_ATTRS', 'PLANT_QA', 'SAMPLE_FILES', 'SAMPLE_KINDS',
            'SAMPLE_DIR', 'HUB_DATASET', 'HUB_FILES', 'RECIPES', 'check_turns', 'validate', 'DataError', 'parse_line',
            'JsonlReader', 'iter_jsonl', 'make_world', 'fact_value', 'fact_sentence', 'entity_doc', 'story',
-           'arith_problem', 'arith_text', 'conversation', 'make_plants', 'sample_path', 'write_jsonl', 'make_sample',
-           'resolve_names', 'download', 'add_download_args', 'download_args', 'download_main']
+           'arith_problem', 'arith_text', 'conversation', 'make_plants', 'write_jsonl', 'make_sample', 'cache_dir',
+           'save_sample', 'sample_path', 'resolve_names', 'download', 'add_download_args', 'download_args',
+           'download_main']
 
 # %% ../nbs/00_data.ipynb #7d5117bd
 KINDS = ("pretrain", "sft", "dpo", "reason", "eval")  # the schemas `iter_jsonl(kind=...)` checks
@@ -45,6 +47,7 @@ def check_turns(turns, field:str="conversations"):
         if not isinstance(t, dict): raise ValueError(f"{field}[{i}] should be an object, got {type(t).__name__}")
         if t.get("role") not in ROLES: raise ValueError(f"{field}[{i}]: role {t.get('role')!r} is not one of {'/'.join(ROLES)}")
         if not isinstance(t.get("content"), str): raise ValueError(f"{field}[{i}]: 'content' should be a string")
+        if not t["content"].strip(): raise ValueError(f"{field}[{i}]: empty {t['role']} content")
     roles = [t["role"] for t in turns]
     if "user" not in roles or "assistant" not in roles:
         raise ValueError(f"{field!r} needs at least one user and one assistant turn, got roles {roles}")
@@ -323,18 +326,6 @@ SAMPLE_KINDS = {"pretrain": "pretrain", "pretrain_eval": "pretrain", "sft": "sft
                 "reason": "reason", "lora_identity": "sft", "lora_domain": "sft", "lora_domain_eval": "eval",
                 "facts_eval": "eval", "arith_eval": "eval"}  # sample name -> schema for `iter_jsonl`
 
-def _find_sample_dir() -> Path:
-    "The repo's dataset/ folder next to the package, else ./dataset."
-    p = Path(__file__).resolve().parent.parent / "dataset" if "__file__" in globals() else None
-    return p if p is not None and p.is_dir() else Path.cwd() / "dataset"
-
-SAMPLE_DIR = _find_sample_dir()
-
-def sample_path(name:str, data_dir=None) -> Path:
-    "Path of sample file `name` (a key of `SAMPLE_FILES`) in `data_dir` (default `SAMPLE_DIR`)."
-    if name not in SAMPLE_FILES: raise KeyError(f"unknown sample {name!r}; expected one of {list(SAMPLE_FILES)}")
-    return Path(data_dir or SAMPLE_DIR) / SAMPLE_FILES[name]
-
 # %% ../nbs/00_data.ipynb #6bb02dfd
 def _pretrain_docs(world, rng, docs_per_lang, n_stories, arith):
     "Entity documents (docs_per_lang per language per entity), stories and worked arithmetic."
@@ -507,6 +498,48 @@ def make_sample(out_dir=None,            # folder to write into (default `SAMPLE
         paths[name] = out / SAMPLE_FILES[name]
         write_jsonl(paths[name], recs)
     return paths
+
+# %% ../nbs/00_data.ipynb #5a3e1c02
+def cache_dir() -> Path:
+    "minimind's cache folder: `$MINIMIND_CACHE`, else `~/.cache/minimind`."
+    return Path(os.environ.get("MINIMIND_CACHE") or Path.home()/".cache"/"minimind")
+
+def _checkout_dataset() -> Path|None:
+    "The course checkout's dataset/: beside the package (editable install) or beside nbs/ (a notebook); None when installed."
+    roots = [Path(__file__).resolve().parent.parent] if "__file__" in globals() else [Path.cwd(), Path.cwd().parent]
+    for r in roots:
+        if (r/"nbs").is_dir() and (r/"dataset"/SAMPLE_FILES["pretrain"]).is_file(): return r/"dataset"
+    return None
+
+SAMPLE_DIR = _checkout_dataset() or cache_dir()/f"sample-{__version__}"  # where `sample_path` finds (or makes) the sample
+
+def save_sample(out_dir, # folder to write the sample's files into (created if missing)
+                seed:int=0, # 0: the bundled sample
+               ) -> Path:
+    "Write the sample atomically: made in a temp folder beside `out_dir`, then renamed into place (or moved in file by file)."
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir(): raise FileExistsError(17, "exists and is not a folder", str(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        make_sample(tmp, seed=seed)
+        try: os.rename(tmp, out)  # a new folder appears whole
+        except OSError:           # it exists: a user's folder, or another process got there first
+            if not out.is_dir(): raise
+            for f in tmp.iterdir(): os.replace(f, out/f.name)  # each file is replaced whole
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+def sample_path(name:str, # a key of `SAMPLE_FILES`
+                data_dir=None, # a folder holding the sample; None: `SAMPLE_DIR`, generated there on first use
+               ) -> Path:
+    "Path of sample file `name`: in `data_dir`, else the checkout's dataset/, else the cache (generated once, saying where)."
+    if name not in SAMPLE_FILES: raise KeyError(f"unknown sample {name!r}; expected one of {list(SAMPLE_FILES)}")
+    if data_dir is not None: return Path(data_dir)/SAMPLE_FILES[name]
+    if not (SAMPLE_DIR/SAMPLE_FILES[name]).exists():
+        save_sample(SAMPLE_DIR)
+        print(f"minimind: generated the bundled sample (make_sample, seed 0) in {SAMPLE_DIR}", file=sys.stderr)
+    return SAMPLE_DIR/SAMPLE_FILES[name]
 
 # %% ../nbs/00_data.ipynb #6e295368
 HUB_DATASET = "jingyaogong/minimind_dataset"

@@ -377,12 +377,16 @@ DERIVED_KEYS = ("model.freqs_cos", "model.freqs_sin", "model.rotary_emb.inv_freq
 def load_state_dict_file(path) -> dict:
     "Tensors from .safetensors or a torch .pth/.bin state dict, minus torch.compile/DDP prefixes and derived RoPE tables."
     path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        sd = load_file(str(path))
-    else:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-        sd = sd.get("model", sd) if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict) else sd
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+            sd = sd.get("model", sd) if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict) else sd
+    except FileNotFoundError: raise
+    except Exception as e: raise ValueError(f"{path}: not a readable weights file, truncated or corrupt ({type(e).__name__}: {e})") from e
+    if not isinstance(sd, dict): raise ValueError(f"{path}: holds a {type(sd).__name__}, not a state dict")
     sd = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in sd.items()}
     return {k: v for k, v in sd.items() if k not in DERIVED_KEYS and not k.endswith("rotary_emb.inv_freq")}
 
@@ -400,10 +404,13 @@ def from_pretrained(cls, path, # folder (config.json + weights) or a .safetensor
                     device="cpu"):
     "Load a saved MiniMind model (strict key match), in eval mode."
     path = Path(path)
+    if not path.exists(): raise FileNotFoundError(f"{path}: no such model folder or weights file")
     folder = path if path.is_dir() else path.parent
     if config is None:
-        if not (folder / "config.json").exists(): raise FileNotFoundError(f"{folder}/config.json missing: pass config=MiniMindConfig.from_preset(...)")
-        config = MiniMindConfig.load(folder)
+        if not (folder / "config.json").exists():
+            raise FileNotFoundError(f"{folder}: not a model folder, no config.json (a bare weights file needs config=MiniMindConfig.from_preset(...))")
+        try: config = MiniMindConfig.load(folder)
+        except (ValueError, TypeError, AttributeError) as e: raise ValueError(f"{folder/'config.json'}: not a MiniMind config ({e})") from e
     if path.is_dir():
         found = [path / n for n in ("model.safetensors", "pytorch_model.bin")] + sorted(path.glob("*.pth"))
         found = [f for f in found if f.exists()]
@@ -413,7 +420,10 @@ def from_pretrained(cls, path, # folder (config.json + weights) or a .safetensor
     if config.tie_word_embeddings and "lm_head.weight" not in sd and "model.embed_tokens.weight" in sd:
         sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
     model = cls(config)
-    model.load_state_dict(sd, strict=True)
+    try: model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:  # torch lists missing/unexpected keys and shape mismatches over several lines
+        detail = " ".join(str(e).split("\n", 1)[-1].split())
+        raise ValueError(f"{path}: weights do not fit the config: {detail[:300]}") from e
     return model.to(device).eval()
 
 MiniMindForCausalLM.save_pretrained = save_pretrained

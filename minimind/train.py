@@ -25,8 +25,8 @@ __all__ = ['PRETRAIN_PRESETS', 'resolve_nb_path', 'causal_lm_loss', 'token_cache
            'token_file_meta', 'load_tokens', 'PackedDataset', 'lr_at', 'RowSampler', 'CheckpointError',
            'save_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_checkpoint', 'rng_state', 'set_rng_state',
            'get_device', 'autocast_for', 'TrainConfig', 'init_distributed', 'plot_losses', 'LivePlot', 'Trainer',
-           'resolve_preset', 'make_pretrainer', 'pretrain', 'unigram_entropy', 'record_outcome', 'read_outcomes',
-           'outcome_table']
+           'resolve_preset', 'stage_config', 'make_pretrainer', 'pretrain', 'unigram_entropy', 'record_outcome',
+           'read_outcomes', 'outcome_table']
 
 # %% ../nbs/03_pretrain.ipynb #0c04c164
 def resolve_nb_path(p, # a notebook parameter path
@@ -97,13 +97,12 @@ def tokenize_corpus(path, # JSONL with one {"text": ...} document per line
     docs = iter_jsonl(path, kind="pretrain", skip_bad=skip_bad)
     n_docs = n_tok = 0
     bar = tqdm(total=_count_lines(path), desc=f"tokenize {Path(path).name}", unit="doc", disable=not progress)
-    with atomic_write(out) as f:  # streams: never more than `batch_docs` documents in memory
+    with bar, atomic_write(out) as f:  # streams: never more than `batch_docs` documents in memory; a bad line still ends the bar's line
         while batch := [d["text"] for _, d in zip(range(batch_docs), docs)]:
             encs = tok.encode_batch(batch, add_special_tokens=False)
             parts = [a for e in encs for a in (bos, np.asarray(e.ids, np.uint16), eos)]
             chunk = np.concatenate(parts); chunk.tofile(f)
             n_docs += len(batch); n_tok += len(chunk); bar.update(len(batch))
-    bar.close()
     n_bad = docs.bad_lines  # JsonlReader counts what skip_bad skipped
     if n_bad: warnings.warn(f"{path}: skipped {n_bad} bad lines")
     meta = dict(source=str(Path(path).resolve()), n_docs=n_docs, n_tokens=n_tok, n_bad=n_bad, vocab_size=tok.get_vocab_size())
@@ -179,7 +178,8 @@ class RowSampler:
         return idx
     def state_dict(self): return {"epoch": self.epoch, "pos": self.pos, "seed": self.seed, "n": self.n}
     def load_state_dict(self, sd):
-        if sd["n"] != self.n: raise ValueError(f"checkpoint data has {sd['n']} rows, this dataset {self.n}")
+        if sd["n"] != self.n: raise ValueError(f"the data changed: the checkpoint was trained on {sd['n']:,} rows, this data packs into "
+                                               f"{self.n:,} (another file, seq_len or held-out split); resume with the same data or start a new run folder")
         self.epoch, self.pos, self.seed = sd["epoch"], sd["pos"], sd["seed"]
 
 # %% ../nbs/03_pretrain.ipynb #e6f942a0
@@ -418,7 +418,8 @@ class Trainer:
         "Continue from the newest good checkpoint in run_dir, if any; returns whether one was found."
         found = latest_checkpoint(self.ckpt_dir) if self.run_dir else None
         if found is None: return False
-        self.load_state_dict(found[1])
+        try: self.load_state_dict(found[1])
+        except (ValueError, RuntimeError) as e: raise ValueError(f"{found[0]}: cannot resume: {' '.join(str(e).split())[:300]}") from e
         if self.is_main: print(f"resumed from {found[0]} at step {self.step}")
         return True
 
@@ -491,18 +492,29 @@ PRETRAIN_PRESETS = {  # model preset (+ overrides), row length, and TrainConfig 
     "moe":       dict(model="minimind2-moe", seq_len=512, epochs=1, batch_size=32, grad_accum=8, lr=5e-4, warmup_steps=100, eval_every=500, ckpt_every=500),
 }
 
-def resolve_preset(preset:str, # a PRETRAIN_PRESETS name
+def resolve_preset(preset:str, # a preset name
+                   presets:dict|None=None, # the stage's presets (default PRETRAIN_PRESETS; SFT, LoRA, DPO... pass theirs)
                    **overrides) -> dict:
     "The preset's settings with non-None overrides applied (`steps` is short for `max_steps`)."
-    if preset not in PRETRAIN_PRESETS: raise KeyError(f"unknown preset {preset!r}; choose from {sorted(PRETRAIN_PRESETS)}")
+    presets = PRETRAIN_PRESETS if presets is None else presets
+    if preset not in presets: raise KeyError(f"unknown preset {preset!r}; choose from {', '.join(presets)}")
     if overrides.get("steps") is not None: overrides["max_steps"], overrides["epochs"] = overrides["steps"], None
     overrides.pop("steps", None)
-    p = {**PRETRAIN_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    p = {**presets[preset], **{k: v for k, v in overrides.items() if v is not None}}
     if overrides.get("max_steps") is not None: p.pop("epochs", None)
     return p
 
 # %% ../nbs/03_pretrain.ipynb #b555ca5f
 _CFG_FIELDS = {f.name for f in fields(TrainConfig)}
+
+def stage_config(p:dict, # resolved preset settings (`resolve_preset`)
+                 n_rows:int, # training rows, for `epochs`
+                 run_dir=None) -> TrainConfig:
+    "The TrainConfig of a stage's settings; `epochs`, if set, becomes max_steps over `n_rows` rows (per process batch x accumulation x world)."
+    cfg = TrainConfig(**{k: v for k, v in p.items() if k in _CFG_FIELDS} | ({"run_dir": str(run_dir)} if run_dir else {}))
+    if p.get("epochs"):
+        cfg.max_steps = max(1, int(p["epochs"] * n_rows) // (cfg.batch_size * cfg.grad_accum * int(os.environ.get("WORLD_SIZE", 1))))
+    return cfg
 
 def make_pretrainer(data_path, # training JSONL ({"text"} per line)
                     preset:str="tiny", # a PRETRAIN_PRESETS name
@@ -518,13 +530,11 @@ def make_pretrainer(data_path, # training JSONL ({"text"} per line)
     "Tokenize, pack, build the model and the Trainer for a pretraining run (call `.fit()` on it)."
     p = resolve_preset(preset, **overrides)
     tok = tok or load_tokenizer()
-    cfg = TrainConfig(**{k: v for k, v in p.items() if k in _CFG_FIELDS} | ({"run_dir": str(run_dir)} if run_dir else {}))
     is_main = int(os.environ.get("RANK", 0)) == 0
-    train = PackedDataset(tokenize_corpus(data_path, tok, cache_dir, skip_bad, progress=is_main), p["seq_len"])
-    if eval_path: held = PackedDataset(tokenize_corpus(eval_path, tok, cache_dir, skip_bad, progress=is_main), p["seq_len"])
+    train = PackedDataset(tokenize_corpus(data_path, tok, cache_dir, skip_bad, progress=is_main and p.get("progress", True)), p["seq_len"])
+    if eval_path: held = PackedDataset(tokenize_corpus(eval_path, tok, cache_dir, skip_bad, progress=is_main and p.get("progress", True)), p["seq_len"])
     else: train, held = train.split(val_frac)
-    if p.get("epochs"):
-        cfg.max_steps = max(1, int(p["epochs"] * len(train)) // (cfg.batch_size * cfg.grad_accum * int(os.environ.get("WORLD_SIZE", 1))))
+    cfg = stage_config(p, len(train), run_dir)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every rerun
     if init_from: model = MiniMindForCausalLM.from_pretrained(init_from)
     else: model = MiniMindForCausalLM(MiniMindConfig.from_preset(p["model"], vocab_size=tok.get_vocab_size(), **p.get("model_overrides", {})))

@@ -14,17 +14,19 @@ NOTEBOOKS = course_notebooks()
 # Notebooks whose committed outputs still break a rule, with what is left to fix; their tests xfail (not strictly, so a
 # fixed notebook passes) instead of hiding the rule. Remove an entry once its notebook is rerun clean.
 NOT_YET_CLEAN = {
-    "01a_score": "cell a716869e plots Chinese labels (matplotlib has no CJK font: a UserWarning with machine paths on "
-                 "stderr); cell 33b0e8cf prints twice, seconds apart (two stdout fragments)",
-    "99_cli": "the CLI's progress dots and tqdm bars, machine paths and a loss figure printed as text in cell 15c110f1; "
-              "run_dir printed resolved in cell a46371e6",
+    "01a_score": {"paths": "cell a716869e plots Chinese labels: matplotlib has no CJK font, so a UserWarning with machine paths lands on stderr",
+                  "streams": "cell a716869e's warnings and cell 33b0e8cf's two prints, seconds apart, are stream fragments"},
+    "99_cli": {"streams": "cell 15c110f1: the CLI's progress dots arrive as one stdout fragment each, and the loss figure it "
+                          "makes is printed as text"},
 }
 
 
-def notebooks(rule_free=()):
-    "The notebooks as test parameters, those in NOT_YET_CLEAN (minus `rule_free` ones) marked xfail with the reason."
-    return [pytest.param(nb, id=nb_id(nb), marks=pytest.mark.xfail(reason=NOT_YET_CLEAN[nb.stem], strict=False))
-            if nb.stem in NOT_YET_CLEAN and nb.stem not in rule_free else pytest.param(nb, id=nb_id(nb)) for nb in NOTEBOOKS]
+def notebooks(rule:str):
+    "The notebooks as test parameters; those NOT_YET_CLEAN for `rule` marked xfail with the reason."
+    return [pytest.param(nb, id=nb_id(nb), marks=pytest.mark.xfail(reason=NOT_YET_CLEAN[nb.stem][rule], strict=False))
+            if rule in NOT_YET_CLEAN.get(nb.stem, {}) else pytest.param(nb, id=nb_id(nb)) for nb in NOTEBOOKS]
+
+
 ABS_PATH = re.compile(r"(?<![\w.~-])/(?:work|tmp|root|home|Users|private|var/folders|mnt|opt/conda)/")  # a machine's path
 TQDM = re.compile(r"\d+%\|[^\n]*\||\d+/\d+ \[\d\d:\d\d<")                                        # a progress bar line
 FIGURE_REPR = re.compile(r"<(?:Figure|matplotlib\.\S+) (?:size \d+x\d+ )?[^>]*>")                 # a figure's text repr
@@ -47,7 +49,7 @@ def where(nb, i, cell) -> str:
     return f"{nb.name} cell {i} ({cell.get('id')}): {cell.source.splitlines()[0][:70] if cell.source else ''!r}"
 
 
-@pytest.mark.parametrize("nb", notebooks())
+@pytest.mark.parametrize("nb", notebooks("paths"))
 def test_no_errors_paths_or_progress_bars(nb):
     "No error output, no absolute machine path, no tqdm line frozen at the state it was saved in."
     bad = []
@@ -60,7 +62,7 @@ def test_no_errors_paths_or_progress_bars(nb):
     assert not bad, "committed outputs a reader should not see (rerun with the path printed relative, progress off):\n" + "\n".join(bad)
 
 
-@pytest.mark.parametrize("nb", notebooks())
+@pytest.mark.parametrize("nb", notebooks("streams"))
 def test_figures_have_images_and_streams_are_whole(nb):
     "A `<Figure ...>` text only beside its image; a cell's printed text is one output, not fragments."
     bad = []
@@ -77,7 +79,7 @@ def test_figures_have_images_and_streams_are_whole(nb):
     assert not bad, "\n".join(bad)
 
 
-@pytest.mark.parametrize("nb", notebooks(rule_free=("01a_score",)))
+@pytest.mark.parametrize("nb", notebooks("widgets"))
 def test_widgets_have_state_and_a_static_figure(nb):
     "Every widget output has its state saved (the docs render it) and a static figure in its cell (what a page without a kernel shows)."
     book = nbformat.read(nb, as_version=4)

@@ -130,7 +130,7 @@ def test_save_load_roundtrip(tmp_path):
     torch.save(sd, tmp_path / "full_sft_64.pth")
     assert torch.equal(MiniMindForCausalLM.from_pretrained(tmp_path / "full_sft_64.pth", config=m.config)(ids).logits, m(ids).logits)
     sd = m.state_dict(); sd.pop("model.norm.weight"); torch.save(sd, tmp_path / "bad.pth")
-    with pytest.raises(RuntimeError, match="Missing key"): MiniMindForCausalLM.from_pretrained(tmp_path / "bad.pth", config=m.config)
+    with pytest.raises(ValueError, match=r"bad.pth: weights do not fit the config: Missing key"): MiniMindForCausalLM.from_pretrained(tmp_path / "bad.pth", config=m.config)
     with pytest.raises(FileNotFoundError, match="config.json"): MiniMindForCausalLM.from_pretrained(tmp_path / "bad.pth")
 
 

@@ -36,13 +36,29 @@ def requirement_lists():
     for name, reqs in proj.get("optional-dependencies", {}).items(): yield f"optional-dependencies.{name}", reqs
 
 
-def test_torch_pinned_exactly():
-    "An unpinned torch (or a range a newer release satisfies) pulls a multi-GB CUDA build on a CPU machine."
-    torch_reqs = [(where, r) for where, reqs in requirement_lists() for r in reqs
-                  if re.match(r"^torch\b(?![-_.\w])", r.strip())]
+TEST_TORCH = "2.13.0"  # the CPU build that pip takes from local disk; a newer or unpinned torch pulls a multi-GB CUDA build
+
+
+def constraints() -> dict:
+    "constraints.txt as {name: requirement}: the exact versions `make install` holds the test environment to."
+    from packaging.requirements import Requirement
+    lines = [l.split("#")[0].strip() for l in (ROOT / "constraints.txt").read_text().splitlines()]
+    return {(r := Requirement(l)).name.lower(): r for l in lines if l}
+
+
+def test_torch_range_for_users_pinned_for_tests():
+    "pip install minimind accepts a torch range (a library lives beside other packages); the test command pins 2.13.0."
+    from packaging.requirements import Requirement
+    torch_reqs = [(where, Requirement(r)) for where, reqs in requirement_lists() for r in reqs if Requirement(r).name.lower() == "torch"]
     assert torch_reqs, "torch is not a dependency"
     for where, r in torch_reqs:
-        assert re.fullmatch(r"torch\s*==\s*[\w.+]+", r.strip()), f"{where}: {r!r} is not pinned with =="
+        assert not [s for s in r.specifier if s.operator in ("==", "===")], f"{where}: {r} pins torch exactly; declare a range, pin in constraints.txt"
+        assert [s for s in r.specifier if s.operator in (">=", ">", "~=")], f"{where}: {r} has no lower bound"
+        assert r.specifier.contains(TEST_TORCH), f"{where}: {r} excludes the torch the tests run ({TEST_TORCH})"
+    pin = constraints().get("torch")
+    assert pin is not None and str(pin.specifier) == f"=={TEST_TORCH}", f"constraints.txt must pin torch=={TEST_TORCH}, has {pin}"
+    installs = [l for l in (ROOT / "Makefile").read_text().splitlines() if "pip install" in l and not l.lstrip().startswith("#")]
+    assert installs and all("-c constraints.txt" in l for l in installs), f"a pip install in the Makefile ignores constraints.txt: {installs}"
 
 
 def default_exp(nb) -> list[str]:
