@@ -182,7 +182,8 @@ def test_docs_site(project_copy, record_property):
     traceback and no widget shown as text on any page, and Chromium shows the attention map on the attention page."""
     nbdev_docs = ROOT / ".venv" / "bin" / "nbdev-docs"
     t0 = time.time()
-    r = subprocess.run([str(nbdev_docs)] if nbdev_docs.exists() else ["nbdev-docs"], cwd=project_copy,
+    # --n-workers 1: one quarto process renders every page; two each pay quarto's start-up and take twice as long on 2 cores
+    r = subprocess.run([str(nbdev_docs) if nbdev_docs.exists() else "nbdev-docs", "--n-workers", "1"], cwd=project_copy,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"nbdev-docs failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     record_property("seconds", round(time.time() - t0, 1))
