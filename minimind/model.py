@@ -15,12 +15,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['PRESETS', 'DERIVED_KEYS', 'repeat_kv', 'attention_mask_4d', 'explicit_attention', 'RMSNorm', 'rope_inv_freq',
-           'rope_cos_sin', 'rotate_half', 'apply_rope', 'scale_rope', 'MiniMindConfig', 'Attention', 'FeedForward',
-           'CausalLMOutput', 'make_mlp', 'MiniMindBlock', 'RotaryEmbedding', 'position_ids_for', 'MiniMindModel',
-           'MiniMindForCausalLM', 'to_hf_config', 'hf_model_from', 'load_state_dict_file', 'save_pretrained',
-           'from_pretrained', 'apply_repetition_penalty', 'top_k_filter', 'top_p_filter', 'sample_next', 'generate',
-           'stream_generate', 'attention_maps', 'plot_attention', 'attention_viewer']
+__all__ = ['PRESETS', 'DERIVED_KEYS', 'repeat_kv', 'attention_mask_4d', 'explicit_attention', 'RMSNorm', 'rope_cos_sin',
+           'rotate_half', 'apply_rope', 'rope_inv_freq', 'MiniMindConfig', 'Attention', 'FeedForward', 'CausalLMOutput',
+           'make_mlp', 'MiniMindBlock', 'RotaryEmbedding', 'position_ids_for', 'MiniMindModel', 'MiniMindForCausalLM',
+           'to_hf_config', 'hf_model_from', 'load_state_dict_file', 'save_pretrained', 'from_pretrained',
+           'apply_repetition_penalty', 'top_k_filter', 'top_p_filter', 'sample_next', 'generate', 'stream_generate',
+           'attention_maps', 'plot_attention', 'attention_viewer']
 
 # %% ../nbs/01_attention_rope.ipynb #a1a40004
 def repeat_kv(x:torch.Tensor, n_rep:int) -> torch.Tensor:
@@ -66,14 +66,6 @@ class RMSNorm(nn.Module):
         return (self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps))).type_as(x)
 
 # %% ../nbs/01_attention_rope.ipynb #c016
-def rope_inv_freq(head_dim:int, theta:float=1e6, # base of the geometric frequencies
-                  rope_scaling:dict|None=None, # None, {"type":"linear","factor"} or {"type":"yarn","factor",...}
-                 ) -> tuple[torch.Tensor, float]:
-    "Inverse frequencies theta_i (head_dim/2,) in float32, and the cos/sin attention factor."
-    inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device="cpu") / head_dim)
-    if rope_scaling is None: return inv, 1.0
-    return scale_rope(inv, head_dim, theta, rope_scaling)  # longer contexts: section 1.8
-
 def rope_cos_sin(positions:torch.Tensor, # (B, T) integer positions
                  inv_freq:torch.Tensor, attention_factor:float=1.0):
     "cos and sin tables (B, T, head_dim) in the rotate-half layout."
@@ -89,11 +81,12 @@ def apply_rope(x:torch.Tensor, # (B, T, n_heads, hd)
     return (x * cos[:, :, None] + rotate_half(x) * sin[:, :, None]).type_as(x)
 
 # %% ../nbs/01_attention_rope.ipynb #a1a80002
-def scale_rope(inv:torch.Tensor, # (head_dim/2,) the plain inverse frequencies
-               head_dim:int, theta:float,
-               rope_scaling:dict, # {"type":"linear","factor"} or {"type":"yarn","factor",...}
-              ) -> tuple[torch.Tensor, float]:
-    "Stretched inverse frequencies and the cos/sin attention factor: linear interpolation, or YaRN on the slow pairs."
+def rope_inv_freq(head_dim:int, theta:float=1e6, # base of the geometric frequencies
+                  rope_scaling:dict|None=None, # None, {"type":"linear","factor"} or {"type":"yarn","factor",...}
+                 ) -> tuple[torch.Tensor, float]:
+    "Inverse frequencies theta_i (head_dim/2,) in float32, and the cos/sin attention factor."
+    inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device="cpu") / head_dim)
+    if rope_scaling is None: return inv, 1.0
     kind, s = rope_scaling.get("type", rope_scaling.get("rope_type")), rope_scaling["factor"]
     if kind == "linear": return inv / s, 1.0
     orig = rope_scaling.get("original_max_position_embeddings", 2048)
