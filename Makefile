@@ -44,14 +44,15 @@ install: | $(PY)
 	  echo "$$h" > $(STAMP); \
 	fi
 
-# Headless Chromium and its driver for tests/test_browser.py (Debian packages; we run as root in CI).
+# Headless Chromium and its driver for tests/test_browser.py and tests/test_webui.py (Debian packages; we run as
+# root in CI), and a CJK font so that the chat page's screenshots show Chinese text instead of boxes.
 browser:
-	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
-	  echo "chromium and chromedriver present"; \
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && [ -d /usr/share/fonts/truetype/wqy ]; then \
+	  echo "chromium, chromedriver and a CJK font present"; \
 	else \
 	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
 	  $$sudo apt-get update -qq; \
-	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium chromium-driver fonts-wqy-zenhei >/dev/null; \
 	  /usr/bin/chromium --version; \
 	fi
 

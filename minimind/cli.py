@@ -1,4 +1,4 @@
-"""`minimind train pretrain`, `minimind chat`, `minimind download` and `minimind course`: the library without notebooks.
+"""`minimind train pretrain`, `minimind chat`, `minimind serve`, `minimind webui`, `minimind download` and `minimind course`: the library without notebooks.
 
 Docs: https://minimind-course.github.io/minimind/cli.html.md"""
 
@@ -13,8 +13,8 @@ from .export import add_export_args, run_export
 # %% auto #0
 __all__ = ['REPO_URL', 'TRAIN_STAGES', 'COURSE_PARAMS', 'CHAT_STAGES', 'CLIError', 'check_files', 'repo_root', 'stage_notebooks',
            'add_train_args', 'run_train', 'add_sample_args', 'run_sample', 'add_chat_args', 'load_for_chat',
-           'stream_reply', 'run_chat', 'run_notebook', 'course_chat', 'add_course_args', 'run_course', 'user_error',
-           'build_parser', 'main']
+           'stream_reply', 'run_chat', 'add_serve_args', 'run_serve', 'run_webui', 'run_notebook', 'course_chat',
+           'add_course_args', 'run_course', 'user_error', 'build_parser', 'main']
 
 # %% ../nbs/99_cli.ipynb #0342d632
 REPO_URL = "https://github.com/minimind-course/minimind"  # the course checkout: notebooks, dataset/, tests
@@ -151,13 +151,13 @@ def stream_reply(model, tok, text:str, raw:bool=False, max_new_tokens:int=128, t
     "Print the model's reply to `text` token by token (chat template unless `raw`); returns the reply."
     from minimind.tokenizer import BOS_ID, encode_chat
     ids = [BOS_ID] + tok.encode(text, add_special_tokens=False).ids if raw else encode_chat(tok, [{"role": "user", "content": text}], add_generation_prompt=True)
-    new, shown = [], ""
+    from minimind.serve import StreamDecoder
+    dec = StreamDecoder(tok)               # holds back a UTF-8 character split over tokens until it is whole
     for t in model.stream_generate(ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p):
         if t == model.config.eos_token_id: break
-        new.append(t); s = tok.decode(new)
-        if not s.endswith("\ufffd"): out.write(s[len(shown):]); out.flush(); shown = s  # wait for whole UTF-8 characters
-    out.write(tok.decode(new)[len(shown):] + "\n")
-    return tok.decode(new)
+        out.write(dec.push(t)); out.flush()
+    out.write(dec.flush() + "\n")
+    return dec.shown
 
 def run_chat(a:argparse.Namespace) -> int:
     "`minimind chat`: answer --prompt(s), or chat interactively until EOF / 'exit'."
@@ -170,6 +170,36 @@ def run_chat(a:argparse.Namespace) -> int:
         except EOFError: return 0
         if p in ("exit", "quit"): return 0
         if p: stream_reply(model, tok, p, **kw)
+
+# %% ../nbs/99_cli.ipynb #5e7c0a02
+def add_serve_args(p:argparse.ArgumentParser, port:int=8000) -> argparse.ArgumentParser:
+    "Arguments of `minimind serve` (and, with port 8501, `minimind webui`)."
+    p.add_argument("--model", required=True, help="a model folder (model.safetensors + config.json + tokenizer.json)")
+    p.add_argument("--adapter", help="a LoRA adapter folder to apply (minimind.lora)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only; 0.0.0.0 exposes it)")
+    p.add_argument("--port", type=int, default=port)
+    p.add_argument("--device", default="auto")
+    return p
+
+def _needs_serve_extra(cmd:str, *modules):
+    "Exit with one line when the serve extra is not installed."
+    import importlib.util
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing: sys.exit(f"minimind {cmd} needs the serve extra: pip install 'minimind[serve]' ({', '.join(missing)} missing)")
+
+def run_serve(a:argparse.Namespace) -> int:
+    "`minimind serve`: the OpenAI-compatible server (notebook 09) until Ctrl-C."
+    _needs_serve_extra("serve", "fastapi", "uvicorn")
+    from minimind.serve import serve
+    serve(a.model, a.adapter, a.host, a.port, a.api_key, a.device, a.name, a.max_context)  # a bad folder: main prints one line
+    return 0
+
+def run_webui(a:argparse.Namespace) -> int:
+    "`minimind webui`: the streamlit chat page (notebook 09a)."
+    _needs_serve_extra("webui", "streamlit")
+    if not (Path(a.model)/"config.json").exists(): raise FileNotFoundError(f"{a.model} is not a model folder (no config.json)")
+    from minimind.webui import launch
+    return launch(a.model, a.adapter, a.host, a.port, a.device)
 
 # %% ../nbs/99_cli.ipynb #d63eb2b5
 COURSE_PARAMS = {"03_pretrain": {"preset": "course", "n_facts": None}}  # per-notebook papermill overrides of the main job
@@ -259,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a stage").add_subparsers(dest="stage", required=True)
     for name, s in TRAIN_STAGES.items(): add_train_args(tr.add_parser(name, help=s["help"]), name).set_defaults(func=run_train)
     add_chat_args(sub.add_parser("chat", help="chat with a model folder")).set_defaults(func=run_chat)
+    s = add_serve_args(sub.add_parser("serve", help="an OpenAI-compatible server for a model folder (notebook 09)"))
+    s.add_argument("--api-key", default=os.environ.get("MINIMIND_API_KEY"), help="require 'Authorization: Bearer KEY' (default: $MINIMIND_API_KEY)")
+    s.add_argument("--name", default="minimind", help="the model id clients send")
+    s.add_argument("--max-context", type=int, help="prompt + reply tokens (default: the model's max_position_embeddings)")
+    s.set_defaults(func=run_serve)
+    add_serve_args(sub.add_parser("webui", help="a streamlit chat page for a model folder (notebook 09a)"), 8501).set_defaults(func=run_webui)
     add_export_args(sub.add_parser("export", help="write a model for transformers, llama.cpp (GGUF) or ollama (notebook 10)")).set_defaults(func=run_export)
     add_course_args(sub.add_parser("course", help="run the course notebooks on the bundled sample (CPU), then chat")).set_defaults(func=run_course)
     sub.add_parser("download", help="download MiniMind's data from the hub (minimind download --help)")

@@ -23,6 +23,8 @@ NB_TEST_PARAMS = {
     "05_lora": {"preset": "tiny", "init_from": "{sft}"},
     "10_export": {"init_from": None, "train_steps": 30, "n_facts": 16, "gen_tokens": 12,
                   "run_lm_eval": False},                      # tests/test_export.py runs lm-eval itself
+    "09_serve": {"max_clients": 4, "bench_tokens": 16},
+    "09a_webui": {"browser": False},  # tests/test_webui.py drives the page in Chromium
 }
 
 # What each training stage must show on its test run: metric -> (lowest `after`, lowest `after - before`), read from
