@@ -2,7 +2,7 @@
 #   make course   run the course pipeline on the bundled sample (CPU)
 #   make test     install everything from nothing, then run the test suite (what CI runs)
 #   make lab      open JupyterLab on nbs/ with the package installed editable and widgets working
-#   make docs     build the Quarto site into _docs/ (needs `quarto` on PATH)
+#   make docs     build the Quarto site into _docs/ and say where it is (needs `quarto`, or ../shared/quarto)
 #   make check    nbdev-clean and nbdev-export must leave the git tree unchanged
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -66,9 +66,13 @@ course: install
 lab: install
 	$(BIN)/jupyter lab --notebook-dir nbs --ip 127.0.0.1 $$([ "$$(id -u)" = 0 ] && echo --allow-root || true)
 
+# One quarto worker: two would each pay quarto's start-up (on 2 busy cores 151 s against 79 s for the whole site).
 docs: install
-	@if command -v quarto >/dev/null; then \
-	  $(BIN)/nbdev-docs; echo "site written to _docs/ (open _docs/index.html)"; \
+	@if ! command -v quarto >/dev/null && [ -f ../shared/quarto/install.sh ]; then eval "$$(bash ../shared/quarto/install.sh)"; fi; \
+	if command -v quarto >/dev/null; then \
+	  t0=$$(date +%s); $(BIN)/nbdev-docs --n-workers 1; \
+	  echo "make docs: the site is in $(CURDIR)/_docs/ (built in $$(( $$(date +%s) - t0 )) s); open _docs/index.html, or serve it with"; \
+	  echo "  python3 -m http.server 8000 --bind 127.0.0.1 --directory _docs   and browse http://127.0.0.1:8000/"; \
 	else \
 	  echo "make docs: quarto is not on PATH, so the site cannot be rendered here."; \
 	  echo "  Install Quarto (https://quarto.org/docs/get-started/, or '$(BIN)/nbdev-install-quarto' where the web is reachable),"; \

@@ -1,4 +1,4 @@
-"""The MiniMind2 decoder from scratch (config, RMSNorm, rotary embeddings, grouped-query attention, SwiGLU, KV-cache generation), weight-compatible with MiniMind and Llama.
+"""Attention from a toy up (queries, keys and values by hand, the causal mask, √d, heads, grouped-query attention), then the MiniMind2 decoder from scratch (RMSNorm, rotary embeddings and YaRN, SwiGLU, KV-cache generation), weight-compatible with MiniMind and Llama.
 
 Docs: https://minimind-course.github.io/minimind/attention_rope.html.md"""
 
@@ -15,12 +15,86 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['PRESETS', 'DERIVED_KEYS', 'MiniMindConfig', 'RMSNorm', 'rope_inv_freq', 'rope_cos_sin', 'rotate_half', 'apply_rope',
-           'repeat_kv', 'attention_mask_4d', 'explicit_attention', 'KVCache', 'Attention', 'FeedForward',
+__all__ = ['PRESETS', 'DERIVED_KEYS', 'repeat_kv', 'attention_mask_4d', 'explicit_attention', 'RMSNorm', 'rope_cos_sin',
+           'rotate_half', 'apply_rope', 'rope_inv_freq', 'MiniMindConfig', 'KVCache', 'Attention', 'FeedForward',
            'CausalLMOutput', 'make_mlp', 'MiniMindBlock', 'RotaryEmbedding', 'position_ids_for', 'MiniMindModel',
            'MiniMindForCausalLM', 'to_hf_config', 'hf_model_from', 'load_state_dict_file', 'save_pretrained',
            'from_pretrained', 'apply_repetition_penalty', 'top_k_filter', 'top_p_filter', 'sample_next', 'generate',
            'stream_generate', 'attention_maps', 'plot_attention', 'attention_viewer']
+
+# %% ../nbs/01_attention_rope.ipynb #a1a40004
+def repeat_kv(x:torch.Tensor, n_rep:int) -> torch.Tensor:
+    "(B, S, n_kv, hd) -> (B, S, n_kv*n_rep, hd): each KV head serves n_rep query heads."
+    if n_rep == 1: return x
+    B, S, n_kv, hd = x.shape
+    return x[:, :, :, None].expand(B, S, n_kv, n_rep, hd).reshape(B, S, n_kv * n_rep, hd)
+
+# %% ../nbs/01_attention_rope.ipynb #c025
+def attention_mask_4d(T:int, # queries (new tokens)
+                      S:int, # keys (cached + new)
+                      attention_mask:torch.Tensor|None=None, # (B, S) 1 = real token, 0 = padding; or a ready (B, 1, T, S) bool mask
+                      device=None) -> torch.Tensor:
+    "Boolean (B|1, 1, T, S) mask, True where query t may attend key s (causal, offset S-T, no padding)."
+    if attention_mask is not None and attention_mask.dim() == 4: return attention_mask.bool()  # packed rows bring their own (notebook 04)
+    q_pos = torch.arange(S - T, S, device=device)[:, None]
+    mask = (torch.arange(S, device=device)[None] <= q_pos)[None, None]           # (1, 1, T, S)
+    if attention_mask is not None:
+        if attention_mask.shape[-1] != S: raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions, expected {S} (cached + new)")
+        mask = mask & attention_mask.bool()[:, None, None, :]                    # (B, 1, T, S)
+        mask = mask | ~mask.any(-1, keepdim=True)  # a padding query that sees nothing attends everywhere (ignored, but finite)
+    return mask
+
+def explicit_attention(q, k, v, # (B, H, T, hd), (B, H, S, hd), (B, H, S, hd)
+                       mask:torch.Tensor|None=None, # (B|1, 1, T, S) bool; None = causal
+                       dropout:float=0.0):
+    "softmax(q k^T / sqrt(hd)) v written out; returns (output (B, H, T, hd), weights (B, H, T, S))."
+    T, S = q.shape[-2], k.shape[-2]
+    if mask is None: mask = attention_mask_4d(T, S, device=q.device)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])                  # (B, H, T, S)
+    w = F.softmax(scores.masked_fill(~mask, float("-inf")).float(), dim=-1).type_as(q)
+    return F.dropout(w, dropout) @ v, w
+
+# %% ../nbs/01_attention_rope.ipynb #c011
+class RMSNorm(nn.Module):
+    "Root-mean-square norm with a learned per-channel gain (no bias, no mean subtraction)."
+    def __init__(self, dim:int, eps:float=1e-5):
+        super().__init__()
+        self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        xf = x.float()
+        return (self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps))).type_as(x)
+
+# %% ../nbs/01_attention_rope.ipynb #c016
+def rope_cos_sin(positions:torch.Tensor, # (B, T) integer positions
+                 inv_freq:torch.Tensor, attention_factor:float=1.0):
+    "cos and sin tables (B, T, head_dim) in the rotate-half layout."
+    freqs = positions.float()[..., None] * inv_freq.to(positions.device)  # (B, T, hd/2)
+    emb = torch.cat([freqs, freqs], dim=-1)                                 # (B, T, hd)
+    return emb.cos() * attention_factor, emb.sin() * attention_factor
+
+def rotate_half(x): x1, x2 = x.chunk(2, dim=-1); return torch.cat([-x2, x1], dim=-1)
+
+def apply_rope(x:torch.Tensor, # (B, T, n_heads, hd)
+               cos:torch.Tensor, sin:torch.Tensor): # (B, T, hd)
+    "Rotate each channel pair (i, i+hd/2) of every head by its position's angle."
+    return (x * cos[:, :, None] + rotate_half(x) * sin[:, :, None]).type_as(x)
+
+# %% ../nbs/01_attention_rope.ipynb #a1a80002
+def rope_inv_freq(head_dim:int, theta:float=1e6, # base of the geometric frequencies
+                  rope_scaling:dict|None=None, # None, {"type":"linear","factor"} or {"type":"yarn","factor",...}
+                 ) -> tuple[torch.Tensor, float]:
+    "Inverse frequencies theta_i (head_dim/2,) in float32, and the cos/sin attention factor."
+    inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device="cpu") / head_dim)
+    if rope_scaling is None: return inv, 1.0
+    kind, s = rope_scaling.get("type", rope_scaling.get("rope_type")), rope_scaling["factor"]
+    if kind == "linear": return inv / s, 1.0
+    orig = rope_scaling.get("original_max_position_embeddings", 2048)
+    fast, slow = rope_scaling.get("beta_fast", 32.0), rope_scaling.get("beta_slow", 1.0)
+    pair_of = lambda rot: head_dim * math.log(orig / (rot * 2 * math.pi)) / (2 * math.log(theta))  # pair making `rot` turns
+    lo, hi = max(math.floor(pair_of(fast)), 0), min(math.ceil(pair_of(slow)), head_dim // 2 - 1)
+    ramp = ((torch.arange(head_dim // 2, dtype=torch.float32, device="cpu") - lo) / max(hi - lo, 1e-3)).clamp(0, 1)
+    return inv * (1 - ramp + ramp / s), float(rope_scaling.get("attention_factor", 1.0))
 
 # %% ../nbs/01_attention_rope.ipynb #c008
 PRESETS = {  # published MiniMind sizes; "tiny" is this course's CPU size
@@ -98,78 +172,6 @@ class MiniMindConfig:
 
     @classmethod
     def load(cls, folder) -> MiniMindConfig: return cls.from_dict(json.loads((Path(folder)/"config.json").read_text()))
-
-# %% ../nbs/01_attention_rope.ipynb #c011
-class RMSNorm(nn.Module):
-    "Root-mean-square norm with a learned per-channel gain (no bias, no mean subtraction)."
-    def __init__(self, dim:int, eps:float=1e-5):
-        super().__init__()
-        self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
-
-    def forward(self, x):
-        xf = x.float()
-        return (self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps))).type_as(x)
-
-# %% ../nbs/01_attention_rope.ipynb #c016
-def rope_inv_freq(head_dim:int, theta:float=1e6, # base of the geometric frequencies
-                  rope_scaling:dict|None=None, # None, {"type":"linear","factor"} or {"type":"yarn","factor",...}
-                 ) -> tuple[torch.Tensor, float]:
-    "Inverse frequencies theta_i (head_dim/2,) in float32, and the cos/sin attention factor."
-    inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device="cpu") / head_dim)
-    if rope_scaling is None: return inv, 1.0
-    kind, s = rope_scaling.get("type", rope_scaling.get("rope_type")), rope_scaling["factor"]
-    if kind == "linear": return inv / s, 1.0
-    orig = rope_scaling.get("original_max_position_embeddings", 2048)
-    fast, slow = rope_scaling.get("beta_fast", 32.0), rope_scaling.get("beta_slow", 1.0)
-    pair_of = lambda rot: head_dim * math.log(orig / (rot * 2 * math.pi)) / (2 * math.log(theta))  # pair making `rot` turns
-    lo, hi = max(math.floor(pair_of(fast)), 0), min(math.ceil(pair_of(slow)), head_dim // 2 - 1)
-    ramp = ((torch.arange(head_dim // 2, dtype=torch.float32, device="cpu") - lo) / max(hi - lo, 1e-3)).clamp(0, 1)
-    return inv * (1 - ramp + ramp / s), float(rope_scaling.get("attention_factor", 1.0))
-
-def rope_cos_sin(positions:torch.Tensor, # (B, T) integer positions
-                 inv_freq:torch.Tensor, attention_factor:float=1.0):
-    "cos and sin tables (B, T, head_dim) in the rotate-half layout."
-    freqs = positions.float()[..., None] * inv_freq.to(positions.device)  # (B, T, hd/2)
-    emb = torch.cat([freqs, freqs], dim=-1)                                 # (B, T, hd)
-    return emb.cos() * attention_factor, emb.sin() * attention_factor
-
-def rotate_half(x): x1, x2 = x.chunk(2, dim=-1); return torch.cat([-x2, x1], dim=-1)
-
-def apply_rope(x:torch.Tensor, # (B, T, n_heads, hd)
-               cos:torch.Tensor, sin:torch.Tensor): # (B, T, hd)
-    "Rotate each channel pair (i, i+hd/2) of every head by its position's angle."
-    return (x * cos[:, :, None] + rotate_half(x) * sin[:, :, None]).type_as(x)
-
-# %% ../nbs/01_attention_rope.ipynb #c025
-def repeat_kv(x:torch.Tensor, n_rep:int) -> torch.Tensor:
-    "(B, S, n_kv, hd) -> (B, S, n_kv*n_rep, hd): each KV head serves n_rep query heads."
-    if n_rep == 1: return x
-    B, S, n_kv, hd = x.shape
-    return x[:, :, :, None].expand(B, S, n_kv, n_rep, hd).reshape(B, S, n_kv * n_rep, hd)
-
-def attention_mask_4d(T:int, # queries (new tokens)
-                      S:int, # keys (cached + new)
-                      attention_mask:torch.Tensor|None=None, # (B, S) 1 = real token, 0 = padding; or a ready (B, 1, T, S) bool mask
-                      device=None) -> torch.Tensor:
-    "Boolean (B|1, 1, T, S) mask, True where query t may attend key s (causal, offset S-T, no padding)."
-    if attention_mask is not None and attention_mask.dim() == 4: return attention_mask.bool()  # packed rows bring their own (notebook 04)
-    q_pos = torch.arange(S - T, S, device=device)[:, None]
-    mask = (torch.arange(S, device=device)[None] <= q_pos)[None, None]           # (1, 1, T, S)
-    if attention_mask is not None:
-        if attention_mask.shape[-1] != S: raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions, expected {S} (cached + new)")
-        mask = mask & attention_mask.bool()[:, None, None, :]                    # (B, 1, T, S)
-        mask = mask | ~mask.any(-1, keepdim=True)  # a padding query that sees nothing attends everywhere (ignored, but finite)
-    return mask
-
-def explicit_attention(q, k, v, # (B, H, T, hd), (B, H, S, hd), (B, H, S, hd)
-                       mask:torch.Tensor|None=None, # (B|1, 1, T, S) bool; None = causal
-                       dropout:float=0.0):
-    "softmax(q k^T / sqrt(hd)) v written out; returns (output (B, H, T, hd), weights (B, H, T, S))."
-    T, S = q.shape[-2], k.shape[-2]
-    if mask is None: mask = attention_mask_4d(T, S, device=q.device)
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])                  # (B, H, T, S)
-    w = F.softmax(scores.masked_fill(~mask, float("-inf")).float(), dim=-1).type_as(q)
-    return F.dropout(w, dropout) @ v, w
 
 # %% ../nbs/01_attention_rope.ipynb #c028
 class KVCache:

@@ -1,4 +1,4 @@
-"""Next-token prediction on packed rows, with the one `Trainer` every later stage reuses: atomic checkpoints, exact resume, DDP, wandb and a live loss curve.
+"""Next-token prediction on packed rows, a training loop grown step by step (overfit one batch, accumulation and clipping, the schedule, evaluation, exact resume) into the one `Trainer` every later stage reuses, and what a CPU run teaches, measured.
 
 Docs: https://minimind-course.github.io/minimind/pretrain.html.md"""
 
@@ -22,9 +22,9 @@ from .score import by_lang, choice_accuracy, fact_accuracy, load_probes, spread
 
 # %% auto #0
 __all__ = ['PRETRAIN_PRESETS', 'resolve_nb_path', 'causal_lm_loss', 'token_cache_path', 'atomic_write', 'tokenize_corpus',
-           'token_file_meta', 'load_tokens', 'PackedDataset', 'RowSampler', 'lr_at', 'get_device', 'autocast_for',
-           'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_checkpoint',
-           'rng_state', 'set_rng_state', 'TrainConfig', 'init_distributed', 'plot_losses', 'LivePlot', 'Trainer',
+           'token_file_meta', 'load_tokens', 'PackedDataset', 'lr_at', 'RowSampler', 'CheckpointError',
+           'save_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_checkpoint', 'rng_state', 'set_rng_state',
+           'get_device', 'autocast_for', 'TrainConfig', 'init_distributed', 'plot_losses', 'LivePlot', 'Trainer',
            'resolve_preset', 'stage_config', 'make_pretrainer', 'pretrain', 'unigram_entropy', 'record_outcome',
            'read_outcomes', 'outcome_table']
 
@@ -144,6 +144,18 @@ class PackedDataset:
         return (PackedDataset(self.tokens, self.seq_len, self.rows[:-n_val]),
                 PackedDataset(self.tokens, self.seq_len, self.rows[-n_val:]))
 
+# %% ../nbs/03_pretrain.ipynb #f21832f8
+def lr_at(step:int, # optimizer steps taken so far
+          max_steps:int, # total steps of the run
+          lr:float, # peak learning rate
+          warmup_steps:int=0, # linear warmup from ~0 to `lr`
+          min_lr_ratio:float=0.1, # the cosine ends at min_lr_ratio * lr
+         ) -> float:
+    "Linear warmup, then cosine decay to `min_lr_ratio*lr`: a pure function of the step, so resuming needs only the step."
+    if step < warmup_steps: return lr * (step + 1) / warmup_steps
+    t = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
 # %% ../nbs/03_pretrain.ipynb #d9a95325
 class RowSampler:
     "Deterministic, resumable order: a seeded permutation per epoch; its whole state is (epoch, pos)."
@@ -169,39 +181,6 @@ class RowSampler:
         if sd["n"] != self.n: raise ValueError(f"the data changed: the checkpoint was trained on {sd['n']:,} rows, this data packs into "
                                                f"{self.n:,} (another file, seq_len or held-out split); resume with the same data or start a new run folder")
         self.epoch, self.pos, self.seed = sd["epoch"], sd["pos"], sd["seed"]
-
-# %% ../nbs/03_pretrain.ipynb #f21832f8
-def lr_at(step:int, # optimizer steps taken so far
-          max_steps:int, # total steps of the run
-          lr:float, # peak learning rate
-          warmup_steps:int=0, # linear warmup from ~0 to `lr`
-          min_lr_ratio:float=0.1, # the cosine ends at min_lr_ratio * lr
-         ) -> float:
-    "Linear warmup, then cosine decay to `min_lr_ratio*lr`: a pure function of the step, so resuming needs only the step."
-    if step < warmup_steps: return lr * (step + 1) / warmup_steps
-    t = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
-    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
-
-# %% ../nbs/03_pretrain.ipynb #8d09a965
-def get_device(device:str="auto", # "auto" | "cpu" | "cuda" | "cuda:1" | "mps"
-              ) -> torch.device:
-    "The one device helper: resolve `auto`, pick this process's GPU under torchrun, turn TF32 on."
-    if device == "auto": device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if dev.index is None: dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(dev)
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for fp32 matmuls (~8x on Ampere)
-        torch.backends.cudnn.allow_tf32 = True
-    return dev
-
-def autocast_for(dev:torch.device, # the training device
-                 dtype:str="auto", # "auto" | "bf16" | "fp16" | "fp32"
-                ):
-    "bf16 autocast on CUDA; plain fp32 on CPU, whose cores lack bf16 units (~1.4 vs ~135 GFLOP/s measured here)."
-    if dtype == "auto": dtype = "bf16" if dev.type == "cuda" else "fp32"
-    if dtype == "fp32": return contextlib.nullcontext()
-    return torch.autocast(dev.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
 
 # %% ../nbs/03_pretrain.ipynb #e6f942a0
 class CheckpointError(RuntimeError): "A checkpoint file that is truncated, corrupt or not a checkpoint."
@@ -243,6 +222,27 @@ def set_rng_state(st:dict):
     npk, npmt, nppos, nphas, npg = st["numpy"]; np.random.set_state((npk, npmt.numpy().astype(np.uint32), nppos, nphas, npg))
     torch.set_rng_state(st["torch"])
     if "cuda" in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st["cuda"])
+
+# %% ../nbs/03_pretrain.ipynb #8d09a965
+def get_device(device:str="auto", # "auto" | "cpu" | "cuda" | "cuda:1" | "mps"
+              ) -> torch.device:
+    "The one device helper: resolve `auto`, pick this process's GPU under torchrun, turn TF32 on."
+    if device == "auto": device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if dev.index is None: dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(dev)
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for fp32 matmuls (~8x on Ampere)
+        torch.backends.cudnn.allow_tf32 = True
+    return dev
+
+def autocast_for(dev:torch.device, # the training device
+                 dtype:str="auto", # "auto" | "bf16" | "fp16" | "fp32"
+                ):
+    "bf16 autocast on CUDA; plain fp32 on CPU, where many chips only emulate bf16 (`dtype` overrides)."
+    if dtype == "auto": dtype = "bf16" if dev.type == "cuda" else "fp32"
+    if dtype == "fp32": return contextlib.nullcontext()
+    return torch.autocast(dev.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
 
 # %% ../nbs/03_pretrain.ipynb #6317e2bc
 @dataclass

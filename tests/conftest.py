@@ -17,7 +17,8 @@ SHARED_MODELS = ("pretrained", "sft")
 # A notebook's `parameters` defaults are what a learner runs on opening it (the CPU setting that shows the outcome);
 # the tests run every notebook once through papermill with these overrides, which keep it short.
 NB_TEST_PARAMS = {
-    "03_pretrain": {"preset": "tiny", "n_facts": 64},
+    "02_moe": {"steps": 50},                      # the balance demo's 2 (and exercise 3's third) runs, halved
+    "03_pretrain": {"preset": "tiny", "n_facts": 64, "demo_steps": 30},
     "04_sft": {"preset": "tiny", "init_from": None},          # None: the notebook pretrains its own tiny base model
     "05_lora": {"preset": "tiny", "init_from": "{sft}"},
     "10_export": {"init_from": None, "train_steps": 30, "n_facts": 16, "gen_tokens": 12,
