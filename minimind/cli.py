@@ -98,7 +98,7 @@ def run_train(a:argparse.Namespace) -> int:
                        init_from=a.init_from, skip_bad=a.skip_bad, steps=a.steps, batch_size=a.batch_size, grad_accum=a.grad_accum,
                        seq_len=a.seq_len, lr=a.lr, device=a.device, dtype=a.dtype, compile=a.compile or None, eval_every=a.eval_every,
                        ckpt_every=a.ckpt_every, seed=a.seed, wandb_mode=a.wandb, wandb_project=a.wandb_project, wandb_run=a.wandb_run,
-                       progress=not a.no_progress, **extra)
+                       progress=not a.no_progress, live_plot=False, **extra)
     if t.is_main:
         ev = t.eval_history[-1]["eval_loss"] if t.eval_history else float("nan")
         print(f"step {t.step}: train loss {t.history[-1]['loss']:.3f}, held-out {ev:.3f}; model in {Path(a.out)/'model'} ({time.time() - t0:.0f} s)")

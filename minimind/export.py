@@ -134,7 +134,7 @@ class MiniMindHFForCausalLM(PreTrainedModel, GenerationMixin):
 
 REMOTE_OBJECTS = [mm.MiniMindConfig, mm.RMSNorm, mm.rope_inv_freq, mm.rope_cos_sin, mm.rotate_half, mm.apply_rope,
                   mm.attention_mask_4d, mm.explicit_attention, mm.Attention, mm.FeedForward, mm.CausalLMOutput,
-                  mm.make_mlp, mm.MiniMindBlock, mm.RotaryEmbedding, mm.position_ids_for, mm.MiniMindModel,
+                  mm.make_mlp, mm.MiniMindBlock, mm.RotaryEmbedding, mm.position_ids_for, mm.KVCache, mm.MiniMindModel,
                   mmoe.load_balance_loss, mmoe.Routing, mmoe.MoEGate, mmoe.dispatch, mmoe.MOEFeedForward]
 
 def _remote_source(obj) -> str:

@@ -581,8 +581,10 @@ def _fmt(v, unit:str) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)): return "–"
     return f"{v:.1%}" if unit == "%" else f"{v:.3f}" if isinstance(v, float) else str(v)
 
+def _cell(text) -> str: return str(text).replace("|", "\\|")   # a pipe inside a table cell must be escaped
+
 def outcome_table(rows:list[dict]) -> str:
     "Markdown table of outcome rows: stage | metric | before | after."
     lines = ["| stage | metric | before | after |", "|---|---|---|---|"]
-    lines += [f"| {r.get('stage', '')} | {r['metric']} | {_fmt(r.get('before'), r.get('unit', ''))} | {_fmt(r.get('after'), r.get('unit', ''))} |" for r in rows]
+    lines += [f"| {r.get('stage', '')} | {_cell(r['metric'])} | {_fmt(r.get('before'), r.get('unit', ''))} | {_fmt(r.get('after'), r.get('unit', ''))} |" for r in rows]
     return "\n".join(lines)
