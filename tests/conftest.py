@@ -15,6 +15,8 @@ NO_EXPORT = {"index.ipynb"}                  # notebooks that export no module (
 NB_TEST_PARAMS = {
     "03_pretrain": {"preset": "tiny", "n_facts": 64},
     "04_sft": {"preset": "tiny", "init_from": None},          # None: the notebook pretrains its own tiny base model
+    "06_dpo": {"preset": "tiny", "init_from": None},          # None: a quick tiny SFT (after a tiny pretraining) first
+    "08_distill": {"preset": "tiny", "init_from": None, "sweep_steps": 3},   # the teacher: a quick tiny SFT
 }
 
 # What each training stage must show on its test run: metric -> (lowest `after`, lowest `after - before`), read from
@@ -23,6 +25,11 @@ NB_TEST_PARAMS = {
 OUTCOME_FLOORS = {
     "03_pretrain": {"held-out loss (nats/token)": (6.5, 1.5)},
     "04_sft": {"held-out SFT loss (reply tokens)": (3.0, 0.3), "replies in chat form, ending <|im_end|>": (0.3, 0.2)},
+    "06_dpo": {"held-out pairs: preference accuracy (implicit reward, chosen > rejected)": (0.8, 0.3),
+               "held-out pairs: DPO loss": (0.6, 0.1),
+               "held-out questions: polite share of the openings' probability": (0.6, 0.05)},
+    "08_distill": {"held-out loss, student trained with the teacher (KD)": (2.0, 0.2),
+                   "held-out distillation loss (T²·KL to the teacher) at equal steps: CE student -> KD student": (0.2, 0.1)},
 }
 LOWER_IS_BETTER = ("loss",)  # metrics whose name contains one of these improve by going down
 
