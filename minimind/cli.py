@@ -53,6 +53,18 @@ TRAIN_STAGES = {  # stage -> its library function, presets, default sample files
                  args=[("--rank", dict(type=int, help="LoRA rank r (default 8)")), ("--alpha", dict(type=float, help="scale alpha; the update is alpha/r B A (default 16)")),
                        ("--dropout", dict(type=float, help="dropout on the adapter input (default 0.05)")),
                        ("--targets", dict(help="all | attention | minimind (q_proj, o_proj) | a regex on module names (default all)"))]),
+    "dpo": dict(run="minimind.dpo:dpo", presets="minimind.dpo:DPO_PRESETS", data="dpo", eval="dpo",
+                help="preference optimisation (DPO) of a chat model on chosen/rejected pairs (notebook 06)",
+                init="the SFT model folder (default: a quick SFT on the sample first)",
+                args=[("--beta", dict(type=float, help="DPO's beta: the pull back to the reference (default: the preset's, 0.1)")),
+                      ("--holdout", dict(type=int, help="pairs held out of --data when --eval-data is not given (default 64)")),
+                      ("--ref-steps", dict(type=int, help="steps of SFT on both replies of every pair before DPO (default: the preset's; 0 for real pairs)"))]),
+    "distill": dict(run="minimind.distill:distill", presets="minimind.distill:DISTILL_PRESETS", data="sft", eval="sft_eval",
+                    help="white-box distillation: a smaller student learns a chat model's logits (notebook 08)",
+                    init="the teacher's model folder (default: a quick SFT on the sample first)",
+                    args=[("--student", dict(help="'half' (every other teacher layer, copied), a model preset name (fresh) or a model folder")),
+                          ("--temperature", dict(type=float, help="softening temperature T (default: the preset's)")),
+                          ("--alpha", dict(type=float, help="weight of the data's cross-entropy; 1 - alpha on the KL (default: the preset's, 0.5)"))]),
 }
 
 def _ref(ref:str):

@@ -349,7 +349,7 @@ class Trainer:
             self.fwd = DDP(model, device_ids=[self.dev.index] if self.dev.type == "cuda" else None)
         if cfg.compile: self.fwd = torch.compile(self.fwd)
         self.sampler = RowSampler(len(train_data), cfg.seed, cfg.shuffle)
-        self.step, self.history, self.eval_history, self.wandb_id = 0, [], [], None
+        self.step, self.history, self.eval_history, self.eval_metrics, self.wandb_id = 0, [], [], {}, None
         self.run_dir = Path(cfg.run_dir) if cfg.run_dir else None
         self.is_main = self.rank == 0
 
@@ -383,14 +383,16 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        "Mean held-out loss (the loss_fn's 'ce' metric when it reports one) over the first `eval_batches` batches."
+        "Mean held-out loss (the loss_fn's 'ce' metric when it reports one) over the first `eval_batches` batches; the means of all its metrics go to `eval_metrics`."
         if self.eval_data is None: return float("nan")
-        self.model.eval(); bs = self.cfg.batch_size; losses = []
+        self.model.eval(); bs = self.cfg.batch_size; losses, metrics = [], {}
         for i in range(0, min(len(self.eval_data), bs * self.cfg.eval_batches), bs):
             with autocast_for(self.dev, self.cfg.dtype):
                 loss, m = self.loss_fn(self.model, self._batch(self.eval_data, np.arange(i, min(i + bs, len(self.eval_data)))))
             losses.append(float(m.get("ce", loss)))
+            for k, v in m.items(): metrics.setdefault(k, []).append(float(v))
         self.model.train()
+        self.eval_metrics = {k: float(np.mean(v)) for k, v in metrics.items()}  # e.g. DPO's preference accuracy, KD's token accuracy
         return float(np.mean(losses))
 
     def state_dict(self) -> dict:
@@ -450,13 +452,13 @@ class Trainer:
         "Train to `max_steps`, evaluating, logging and checkpointing on the way."
         if resume: self.resume()
         self._start_logging()
-        if self.step == 0 and self.eval_data is not None: self.eval_history.append({"step": 0, "eval_loss": self.evaluate()})
+        if self.step == 0 and self.eval_data is not None: self.eval_history.append({"step": 0, "eval_loss": self.evaluate(), **self.eval_metrics})
         bar = tqdm(total=self.cfg.max_steps, initial=self.step, desc="train", disable=not (self.cfg.progress and self.is_main))
         self.model.train()
         while self.step < self.cfg.max_steps:
             rec = self.train_step(); self.history.append(rec); ev = None
             if self.eval_data is not None and self._eval_due():
-                ev = self.evaluate(); self.eval_history.append({"step": self.step, "eval_loss": ev})
+                ev = self.evaluate(); self.eval_history.append({"step": self.step, "eval_loss": ev, **self.eval_metrics})
             self._log(rec, ev)
             if self._ckpt_due(): self.save_checkpoint()
             bar.update(1); bar.set_postfix(loss=f"{rec['loss']:.3f}", **({"eval": f"{ev:.3f}"} if ev is not None else {}))

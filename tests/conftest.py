@@ -25,6 +25,8 @@ NB_TEST_PARAMS = {
                   "run_lm_eval": False},                      # tests/test_export.py runs lm-eval itself
     "09_serve": {"max_clients": 4, "bench_tokens": 16},
     "09a_webui": {"browser": False},  # tests/test_webui.py drives the page in Chromium
+    "06_dpo": {"preset": "tiny", "init_from": None},          # None: a quick tiny SFT (after a tiny pretraining) first
+    "08_distill": {"preset": "tiny", "init_from": None, "sweep_steps": 3},   # the teacher: a quick tiny SFT
 }
 
 # What each training stage must show on its test run: metric -> (lowest `after`, lowest `after - before`), read from
@@ -33,6 +35,11 @@ NB_TEST_PARAMS = {
 OUTCOME_FLOORS = {
     "03_pretrain": {"held-out loss (nats/token)": (6.5, 1.5)},
     "04_sft": {"held-out SFT loss (reply tokens)": (3.0, 0.3), "replies that answer the question asked": (0.3, 0.2)},
+    "06_dpo": {"held-out pairs: preference accuracy (implicit reward, chosen > rejected)": (0.8, 0.3),
+               "held-out pairs: DPO loss": (0.6, 0.1),
+               "held-out questions: polite share of the openings' probability": (0.6, 0.05)},
+    "08_distill": {"held-out loss, student trained with the teacher (KD)": (2.0, 0.2),
+                   "held-out distillation loss (T²·KL to the teacher) at equal steps: CE student -> KD student": (0.2, 0.1)},
 }
 LOWER_IS_BETTER = ("loss",)  # metrics whose name contains one of these improve by going down
 
