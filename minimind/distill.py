@@ -10,9 +10,8 @@ import copy, dataclasses, functools
 from pathlib import Path
 import torch
 import torch.nn.functional as F
-from .dpo import chat_base
 from .model import PRESETS, MiniMindConfig, MiniMindForCausalLM
-from .sft import SFTDataset, load_sft
+from .sft import SFTDataset, chat_base, load_sft
 from .tokenizer import load_tokenizer
 from .train import Trainer, get_device, resolve_preset, stage_config
 

@@ -15,13 +15,13 @@ import torch.nn.functional as F
 from .data import DataError, POLITE, RUDE, iter_jsonl, sample_path
 from .model import MiniMindForCausalLM
 from .score import chat_replies, label_logprobs, pad_batch, sequence_logprobs
-from .sft import SFTData, SFTDataset, base_model, encode_sft, load_sft, sft
+from .sft import SFTData, SFTDataset, chat_base, encode_sft, load_sft, sft
 from .tokenizer import load_tokenizer
 from .train import Trainer, TrainConfig, causal_lm_loss, get_device, resolve_preset, stage_config
 
 # %% auto #0
 __all__ = ['DPO_PRESETS', 'TIE', 'STYLE_MARKERS', 'dpo_loss_from_logps', 'dpo_prompt', 'encode_reply', 'DPOData', 'load_dpo',
-           'chat_base', 'reference_logprobs', 'DPODataset', 'dpo_loss', 'reply_style', 'style_shares', 'pairs_as_sft',
+           'reference_logprobs', 'DPODataset', 'dpo_loss', 'reply_style', 'style_shares', 'pairs_as_sft',
            'both_ways_sft', 'make_dpo_trainer', 'dpo']
 
 # %% ../nbs/06_dpo.ipynb #d6a10009
@@ -108,14 +108,6 @@ DPO_PRESETS = {  # DPO from an SFT model; seq_len: tokens per side; batch_size: 
     "minimind": dict(seq_len=1024, epochs=1, batch_size=8, grad_accum=4, lr=1e-6, warmup_steps=100, eval_every=500, ckpt_every=500, weight_decay=0.0, beta=0.1,
                      ref_steps=0, ref_lr=5e-5, sft_preset="zero"),
 }
-
-def chat_base(init_from=None, # a chat model folder (notebook 04's SFT model, or a later stage's)
-              sft_preset:str|None="tiny", # the SFT_PRESETS name of the quick SFT that makes one when init_from is missing (None: init_from must exist)
-              run_dir=None, cache_dir=None, device:str="cpu") -> MiniMindForCausalLM:
-    "The chat model a stage after SFT starts from: `init_from` if it exists, else a quick SFT on the bundled sample (which pretrains first)."
-    make = lambda: sft(sample_path("sft"), sft_preset, eval_path=sample_path("sft_eval"), run_dir=Path(run_dir)/"base" if run_dir else None,
-                       cache_dir=cache_dir, device=device, progress=False, live_plot=False).model
-    return base_model(init_from, make if sft_preset else None, f"an SFT model (preset {sft_preset!r})")
 
 # %% ../nbs/06_dpo.ipynb #d6a10021
 def reference_logprobs(model, data:DPOData, bs:int=64) -> np.ndarray:

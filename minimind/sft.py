@@ -19,7 +19,8 @@ from .train import Trainer, causal_lm_loss, pretrain, record_outcome, resolve_nb
 
 # %% auto #0
 __all__ = ['SFT_PRESETS', 'chat_spans', 'encode_sft', 'plot_sft_mask', 'SFTData', 'load_sft', 'pack_rows', 'SFTDataset',
-           'useful_shares', 'base_model', 'pretrained_base', 'make_sft_trainer', 'sft', 'sft_measures', 'stream_chat']
+           'useful_shares', 'base_model', 'pretrained_base', 'make_sft_trainer', 'sft', 'chat_base', 'sft_measures',
+           'stream_chat']
 
 # %% ../nbs/04_sft.ipynb #35852bd8
 def chat_spans(messages:list[dict], # [{"role", "content"}, ...]
@@ -158,7 +159,7 @@ def useful_shares(lengths, # tokens per conversation
     useful = float((lengths - 1).sum())                    # positions whose next token is a real token of the same conversation
     return {"packed": useful / (len(rows) * seq_len), "padded": useful / (len(lengths) * seq_len)}
 
-# %% ../nbs/04_sft.ipynb #2d6ad240
+# %% ../nbs/04_sft.ipynb #a581ca9a
 SFT_PRESETS = {  # SFT from a pretrained folder; row length in tokens; TrainConfig fields; `epochs` sets steps from the data
     "tiny":   dict(seq_len=128, max_steps=30, batch_size=8, lr=2e-3, warmup_steps=3, eval_every=15, ckpt_every=30, pretrain_preset="tiny"),
     "course": dict(seq_len=256, max_steps=100, batch_size=16, lr=1e-3, warmup_steps=10, eval_every=25, ckpt_every=50, pretrain_preset="course"),
@@ -209,6 +210,14 @@ def sft(data_path, preset:str="tiny", resume:bool=False, **kwargs) -> Trainer:
     trainer = make_sft_trainer(data_path, preset, **kwargs).fit(resume=resume)
     if trainer.run_dir: trainer.save_model(trainer.run_dir/"model", trainer.tok)
     return trainer
+
+def chat_base(init_from=None, # a chat model folder (this notebook's SFT model, or a later stage's)
+              sft_preset:str|None="tiny", # the SFT_PRESETS name of the quick SFT that makes one when init_from is missing (None: init_from must exist)
+              run_dir=None, cache_dir=None, device:str="cpu") -> MiniMindForCausalLM:
+    "The chat model every stage after SFT starts from: `init_from` if it exists, else a quick SFT on the bundled sample (which pretrains first)."
+    make = lambda: sft(sample_path("sft"), sft_preset, eval_path=sample_path("sft_eval"), run_dir=Path(run_dir)/"base" if run_dir else None,
+                       cache_dir=cache_dir, device=device, progress=False, live_plot=False).model
+    return base_model(init_from, make if sft_preset else None, f"an SFT model (preset {sft_preset!r})")
 
 # %% ../nbs/04_sft.ipynb #40077af4
 def sft_measures(model, tok, facts_path=None, # facts_eval.jsonl: chat questions about the pretrain-only entities
