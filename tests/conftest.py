@@ -34,7 +34,8 @@ NB_TEST_PARAMS = {
 # with the metric named in LOWER_IS_BETTER. A metric listed here that the notebook did not record fails the test.
 OUTCOME_FLOORS = {
     "03_pretrain": {"held-out loss (nats/token)": (6.5, 1.5)},
-    "04_sft": {"held-out SFT loss (reply tokens)": (3.0, 0.3), "replies that answer the question asked": (0.3, 0.2)},
+    "04_sft": {"held-out SFT loss (reply tokens)": (2.3, 0.5),                   # tiny, measured: 2.71 -> 1.89
+               "replies that stop (end with the end-of-turn token)": (0.3, 0.2)},  # tiny, measured: 17% -> 49%
     "06_dpo": {"held-out pairs: preference accuracy (implicit reward, chosen > rejected)": (0.8, 0.3),
                "held-out pairs: DPO loss": (0.6, 0.1),
                "held-out questions: polite share of the openings' probability": (0.6, 0.05)},
