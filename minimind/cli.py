@@ -41,13 +41,13 @@ def stage_notebooks(nbs_dir, # the notebooks folder
     return nbs
 
 # %% ../nbs/99_cli.ipynb #0253c1e5
-TRAIN_STAGES = {  # stage -> its library function, presets, default sample files, help; `args`: the stage's own options
+TRAIN_STAGES = {  # stage -> its library function, presets, default sample files, help; `args`: the stage's own options; `saves`: its output folder (default model)
     "pretrain": dict(run="minimind.train:pretrain", presets="minimind.train:PRETRAIN_PRESETS", data="pretrain", eval="pretrain_eval",
                      help="pretrain a model from scratch (notebook 03)", init="a model folder to continue pretraining from"),
     "sft": dict(run="minimind.sft:sft", presets="minimind.sft:SFT_PRESETS", data="sft", eval="sft_eval",
                 help="supervised fine-tuning: a chat model from a pretrained one (notebook 04)",
                 init="the pretrained model folder (default: a quick tiny pretraining on the sample first)"),
-    "lora": dict(run="minimind.lora:lora", presets="minimind.lora:LORA_PRESETS", data="lora_domain", eval="sft_eval",
+    "lora": dict(run="minimind.lora:lora", presets="minimind.lora:LORA_PRESETS", data="lora_domain", eval="sft_eval", saves="adapter",
                  help="a LoRA adapter on a chat model: a domain or an identity (notebook 05)",
                  init="the SFT model folder the adapter is trained on (default: a quick SFT first)",
                  args=[("--rank", dict(type=int, help="LoRA rank r (default 8)")), ("--alpha", dict(type=float, help="scale alpha; the update is alpha/r B A (default 16)")),
@@ -113,7 +113,7 @@ def run_train(a:argparse.Namespace) -> int:
                        progress=not a.no_progress, live_plot=False, **extra)
     if t.is_main:
         ev = t.eval_history[-1]["eval_loss"] if t.eval_history else float("nan")
-        print(f"step {t.step}: train loss {t.history[-1]['loss']:.3f}, held-out {ev:.3f}; model in {Path(a.out)/'model'} ({time.time() - t0:.0f} s)")
+        print(f"step {t.step}: train loss {t.history[-1]['loss']:.3f}, held-out {ev:.3f}; {s.get('saves', 'model')} in {Path(a.out)/s.get('saves', 'model')} ({time.time() - t0:.0f} s)")
     return 0
 
 # %% ../nbs/99_cli.ipynb #9b7c2e02
@@ -159,8 +159,9 @@ def load_for_chat(folder, device="auto",
     return model.to(get_device(device)), tok
 
 def stream_reply(model, tok, text:str, raw:bool=False, max_new_tokens:int=128, temperature:float=0.7, top_p:float=0.85,
-                 out=sys.stdout) -> str:
-    "Print the model's reply to `text` token by token (chat template unless `raw`); returns the reply."
+                 out=None) -> str:
+    "Print the model's reply to `text` token by token (chat template unless `raw`) to `out` (default: sys.stdout at call time); returns the reply."
+    out = out or sys.stdout
     from minimind.tokenizer import BOS_ID, encode_chat
     ids = [BOS_ID] + tok.encode(text, add_special_tokens=False).ids if raw else encode_chat(tok, [{"role": "user", "content": text}], add_generation_prompt=True)
     from minimind.serve import StreamDecoder

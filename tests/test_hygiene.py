@@ -13,12 +13,7 @@ from conftest import course_notebooks, nb_id
 NOTEBOOKS = course_notebooks()
 # Notebooks whose committed outputs still break a rule, with what is left to fix; their tests xfail (not strictly, so a
 # fixed notebook passes) instead of hiding the rule. Remove an entry once its notebook is rerun clean.
-NOT_YET_CLEAN = {
-    "01a_score": {"paths": "cell a716869e plots Chinese labels: matplotlib has no CJK font, so a UserWarning with machine paths lands on stderr",
-                  "streams": "cell a716869e's warnings and cell 33b0e8cf's two prints, seconds apart, are stream fragments"},
-    "99_cli": {"streams": "cell 15c110f1: the CLI's progress dots arrive as one stdout fragment each, and the loss figure it "
-                          "makes is printed as text"},
-}
+NOT_YET_CLEAN: dict[str, dict[str, str]] = {}  # notebook stem -> {rule: why its committed outputs break it for now}
 
 
 def notebooks(rule:str):
