@@ -6,15 +6,15 @@ Docs: https://minimind-course.github.io/minimind/cli.html.md"""
 
 # %% ../nbs/99_cli.ipynb #32296237
 from __future__ import annotations
-import argparse, importlib, json, os, sys, time
+import argparse, importlib, json, os, re, subprocess, sys, time
 from pathlib import Path
 from .export import add_export_args, run_export
 
 # %% auto #0
 __all__ = ['REPO_URL', 'TRAIN_STAGES', 'COURSE_PARAMS', 'CHAT_STAGES', 'CLIError', 'check_files', 'repo_root', 'stage_notebooks',
            'add_train_args', 'run_train', 'add_sample_args', 'run_sample', 'add_chat_args', 'load_for_chat',
-           'stream_reply', 'run_chat', 'add_serve_args', 'run_serve', 'run_webui', 'run_notebook', 'course_chat',
-           'add_course_args', 'run_course', 'user_error', 'build_parser', 'main']
+           'stream_reply', 'run_chat', 'add_serve_args', 'run_serve', 'run_webui', 'starts_from', 'notebook_command',
+           'course_chat', 'add_course_args', 'run_course', 'user_error', 'build_parser', 'main']
 
 # %% ../nbs/99_cli.ipynb #0342d632
 REPO_URL = "https://github.com/minimind-course/minimind"  # the course checkout: notebooks, dataset/, tests
@@ -217,16 +217,23 @@ def run_webui(a:argparse.Namespace) -> int:
 # %% ../nbs/99_cli.ipynb #d63eb2b5
 COURSE_PARAMS = {"03_pretrain": {"preset": "course", "n_facts": None}}  # per-notebook papermill overrides of the main job
 
-def run_notebook(nb:Path, out_nb:Path, params:dict, nbs_dir:Path) -> float:
-    "Execute one notebook with papermill (cwd = nbs/), passing only the parameters it declares; returns seconds."
+CHAT_STAGES = ("04_sft",)  # the stage whose model the main job chats with at the end (the newest model otherwise)
+
+def starts_from(nb:Path) -> str|None:
+    "The stage whose model notebook `nb` starts from in the main job: the run folder its `init_from` default names; None: from nothing."
     import papermill as pm
     declared = pm.inspect_notebook(str(nb))
-    t0 = time.time()
-    pm.execute_notebook(str(nb), str(out_nb), parameters={k: v for k, v in params.items() if k in declared},
-                        cwd=str(nbs_dir), progress_bar=False, log_output=False)
-    return time.time() - t0
+    if "init_from" not in declared: return None
+    m = re.search(r"runs/([^/\"']+)/model", declared["init_from"]["default"] or "")
+    return m.group(1) if m else CHAT_STAGES[-1]       # None by default: it trains its own small model when run alone
 
-CHAT_STAGES = ("04_sft",)  # the stage whose model the main job chats with at the end (the newest model otherwise)
+def notebook_command(nb:Path, out_nb:Path, params:dict, nbs_dir:Path) -> list[str]:
+    "The papermill command that executes one notebook (cwd = nbs/), passing only the parameters it declares."
+    import papermill as pm
+    declared = pm.inspect_notebook(str(nb))
+    params = {k: v for k, v in params.items() if k in declared}
+    return [sys.executable, "-m", "papermill", str(nb), str(out_nb), "-y", json.dumps(params), "--cwd", str(nbs_dir),
+            "--no-progress-bar", "--log-level", "WARNING"]
 
 def course_chat(model_dir, facts_path, chat:bool=True, n:int=3):
     "The main job's last words: questions about held-out facts (chat form), or completions for a pretrained-only model."
@@ -250,13 +257,14 @@ def add_course_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/course", help="executed notebooks and each stage's run folder")
     p.add_argument("--only", nargs="*", default=[], help="notebook stems or numbers to run (default: all stages)")
     p.add_argument("--steps", type=int, help="override the pretraining steps (default: the 'course' preset)")
+    p.add_argument("--jobs", type=int, default=2, help="notebooks run at once (default 2, one per core of a 2-core machine)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per notebook (default 1: on a busy 2-core machine two threads "
-                   "each waiting for the other ran 3-5x slower; 0 = all cores, faster on an idle machine)")
+                   "each waiting for the other ran 3-5x slower; 0 = all cores, for --jobs 1 on an idle machine)")
     p.add_argument("--no-chat", action="store_true")
     return p
 
 def run_course(a:argparse.Namespace) -> int:
-    "`minimind course`: run every stage notebook on the bundled sample (CPU), then chat with the last model.\n\n    A notebook that declares `init_from` starts from the newest model folder an earlier stage wrote."
+    "`minimind course`: run every stage notebook on the bundled sample (CPU), `--jobs` at a time, each after the stage it starts from; then the outcome table and a chat."
     root = repo_root(); nbs_dir, out = root/"nbs", Path(a.out).resolve()
     if not nbs_dir.is_dir(): raise CLIError(f"minimind course runs the course notebooks, which the installed package does not carry: "
                                             f"git clone {REPO_URL} && cd minimind && make course")
@@ -264,18 +272,36 @@ def run_course(a:argparse.Namespace) -> int:
     except ImportError: raise CLIError("minimind course needs papermill: pip install 'minimind[dev]'") from None
     nbs = stage_notebooks(nbs_dir, a.only)
     if not nbs: raise CLIError(f"minimind course: no stage notebook in {nbs_dir} matches --only {' '.join(a.only)}")
-    if a.threads: os.environ["OMP_NUM_THREADS"] = str(a.threads)  # the papermill kernels inherit it
-    else: os.environ.pop("OMP_NUM_THREADS", None)
-    out.mkdir(parents=True, exist_ok=True); t_all, times = time.time(), []
-    for nb in nbs:
-        models = [out/p.stem/"model" for p in nbs[:nbs.index(nb)] if (out/p.stem/"model"/"config.json").exists()]
-        params = {"run_dir": str(out/nb.stem), "device": "cpu", **({"init_from": str(models[-1])} if models else {}), **COURSE_PARAMS.get(nb.stem, {})}
-        if a.steps and nb.stem == "03_pretrain": params["steps"] = a.steps
-        print(f"[{time.time() - t_all:6.0f} s] {nb.name} ...", flush=True)
-        try: times.append((nb.name, run_notebook(nb, out/nb.name, params, nbs_dir)))
-        except Exception as e:
-            print(f"{nb.name} failed; the executed notebook is {out/nb.name}\n{e}", file=sys.stderr); return 1
-    print("\n".join(f"{s:7.1f} s  {n}" for n, s in times) + f"\n{time.time() - t_all:7.1f} s  total")
+    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)} if a.threads else {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    up = {nb.stem: starts_from(nb) for nb in nbs}
+    needed = set(up.values())                                  # stages others wait for: they start first
+    pending = sorted(nbs, key=lambda nb: (nb.stem not in needed, nb.name))
+    out.mkdir(parents=True, exist_ok=True); t_all, times, running, failed = time.time(), {}, {}, []
+    clock = lambda: f"[{time.time() - t_all:5.0f} s]"
+    while pending or running:
+        for nb in list(pending):
+            src = up[nb.stem]
+            if src in failed:
+                pending.remove(nb); failed.append(nb.stem); print(f"{clock()} {nb.name} skipped: {src} failed", flush=True); continue
+            if len(running) >= max(1, a.jobs) or src in running or any(p.stem == src for p in pending): continue
+            model = out/src/"model" if src else None
+            params = {"run_dir": str(out/nb.stem), "device": "cpu", **COURSE_PARAMS.get(nb.stem, {})}
+            if model and (model/"config.json").exists(): params["init_from"] = str(model)
+            if a.steps and nb.stem == "03_pretrain": params["steps"] = a.steps
+            log = open(out/f"{nb.stem}.log", "w")
+            proc = subprocess.Popen(notebook_command(nb, out/nb.name, params, nbs_dir), stdout=log, stderr=subprocess.STDOUT, env=env)
+            running[nb.stem] = (proc, time.time(), log); pending.remove(nb)
+            print(f"{clock()} {nb.name} ..." + (f" (from {src})" if "init_from" in params else ""), flush=True)
+        for stem, (proc, t0, log) in list(running.items()):
+            if proc.poll() is None: continue
+            log.close(); del running[stem]; times[stem] = time.time() - t0
+            if proc.returncode == 0: print(f"{clock()} {stem} done in {times[stem]:.0f} s", flush=True); continue
+            failed.append(stem)
+            tail = "\n".join((out/f"{stem}.log").read_text(errors="replace").splitlines()[-25:])
+            print(f"{clock()} {stem} failed; the executed notebook is {out/stem}.ipynb, its log {out/stem}.log:\n{tail}", file=sys.stderr, flush=True)
+        time.sleep(0.2)
+    print("\n".join(f"{times[nb.stem]:7.1f} s  {nb.name}" for nb in nbs if nb.stem in times) + f"\n{time.time() - t_all:7.1f} s  total (--jobs {a.jobs})")
+    if failed: print(f"minimind course: {', '.join(failed)} did not finish", file=sys.stderr); return 1
     from minimind.train import outcome_table, read_outcomes
     outcomes = read_outcomes(out)
     if outcomes: print("\nWhat each stage taught, measured on held-out items:\n" + outcome_table(outcomes))
