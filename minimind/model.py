@@ -576,23 +576,21 @@ def attention_viewer(model:MiniMindForCausalLM,
                      sentence:str="The cat sat on the mat. The cat sat on the mat.",
                      layer:int=0, head:int=0):
     "Widget: sentence box, layer and head sliders, attention heatmap (redraws on change)."
-    import ipywidgets as widgets, matplotlib.pyplot as plt
-    from IPython.display import display
+    import io, ipywidgets as widgets, matplotlib.pyplot as plt
     c = model.config
     text = widgets.Text(value=sentence, description="sentence", continuous_update=False, layout=widgets.Layout(width="95%"))
     layer_s = widgets.IntSlider(value=layer, min=0, max=c.num_hidden_layers - 1, description="layer")
     head_s = widgets.IntSlider(value=head, min=0, max=c.num_attention_heads - 1, description="head")
-    out = widgets.Output()
+    img = widgets.Image(format="png")      # the heatmap as PNG bytes: part of the widget's state, so it survives saving
     def draw(*_):
         ids = encode(text.value) or [0]
         maps = attention_maps(model, ids)
-        with out:
-            out.clear_output(wait=True)
-            fig, ax = plt.subplots(figsize=(5.5, 4.5))
-            plot_attention(maps[layer_s.value, head_s.value], [piece(i) for i in ids], ax, f"layer {layer_s.value}, head {head_s.value}")
-            fig.tight_layout(); display(fig); plt.close(fig)
+        fig, ax = plt.subplots(figsize=(5.5, 4.5))
+        plot_attention(maps[layer_s.value, head_s.value], [piece(i) for i in ids], ax, f"layer {layer_s.value}, head {head_s.value}")
+        fig.tight_layout(); buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=100); plt.close(fig)
+        img.value = buf.getvalue()
     for w in (text, layer_s, head_s): w.observe(draw, names="value")
     draw()
-    box = widgets.VBox([text, widgets.HBox([layer_s, head_s]), out])
+    box = widgets.VBox([text, widgets.HBox([layer_s, head_s]), img])
     box.add_class("mm-attention-viewer")
     return box
