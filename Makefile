@@ -2,7 +2,7 @@
 #   make course   run the course pipeline on the bundled sample (CPU)
 #   make test     install everything from nothing, then run the test suite (what CI runs)
 #   make lab      open JupyterLab on nbs/ with the package installed editable and widgets working
-#   make docs     build the Quarto site into _docs/ (needs `quarto` on PATH)
+#   make docs     build the Quarto site into _docs/ and say where it is (needs `quarto`, or ../shared/quarto)
 #   make check    nbdev-clean and nbdev-export must leave the git tree unchanged
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -30,23 +30,29 @@ $(PY):
 # (torch>=2.5); constraints.txt pins the test environment: torch==2.13.0, the CPU build, which pip takes from local disk.
 # papermill and JupyterLab start the kernel named python3: register this venv's python under that name
 # (--sys-prefix, not --user: a user-level spec would outlive this venv and shadow every other one).
+# `make test` also installs the export and eval extras (llama-cpp-python compiles llama.cpp once: LLAMA_CMAKE_ARGS
+# skip the parts of it the Python package never loads; pip's wheel cache makes later installs quick).
+EXTRAS ?= dev
+test: EXTRAS = dev,export,eval
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 install: | $(PY)
-	@h=$$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1); \
+	@h="$$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1) $(EXTRAS)"; \
 	if [ "$$(cat $(STAMP) 2>/dev/null)" != "$$h" ]; then \
 	  set -x; \
-	  $(PY) -m pip install -q -c constraints.txt -e ".[dev]"; \
+	  CMAKE_ARGS="$${CMAKE_ARGS:-$(LLAMA_CMAKE_ARGS)}" $(PY) -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"; \
 	  $(PY) -m ipykernel install --sys-prefix --name python3 --display-name python3 >/dev/null; \
 	  echo "$$h" > $(STAMP); \
 	fi
 
-# Headless Chromium and its driver for tests/test_browser.py (Debian packages; we run as root in CI).
+# Headless Chromium and its driver for tests/test_browser.py and tests/test_webui.py (Debian packages; we run as
+# root in CI), and a CJK font so that the chat page's screenshots show Chinese text instead of boxes.
 browser:
-	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
-	  echo "chromium and chromedriver present"; \
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && [ -d /usr/share/fonts/truetype/wqy ]; then \
+	  echo "chromium, chromedriver and a CJK font present"; \
 	else \
 	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
 	  $$sudo apt-get update -qq; \
-	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium chromium-driver fonts-wqy-zenhei >/dev/null; \
 	  /usr/bin/chromium --version; \
 	fi
 
@@ -60,9 +66,13 @@ course: install
 lab: install
 	$(BIN)/jupyter lab --notebook-dir nbs --ip 127.0.0.1 $$([ "$$(id -u)" = 0 ] && echo --allow-root || true)
 
+# One quarto worker: two would each pay quarto's start-up (on 2 busy cores 151 s against 79 s for the whole site).
 docs: install
-	@if command -v quarto >/dev/null; then \
-	  $(BIN)/nbdev-docs; echo "site written to _docs/ (open _docs/index.html)"; \
+	@if ! command -v quarto >/dev/null && [ -f ../shared/quarto/install.sh ]; then eval "$$(bash ../shared/quarto/install.sh)"; fi; \
+	if command -v quarto >/dev/null; then \
+	  t0=$$(date +%s); $(BIN)/nbdev-docs --n-workers 1; \
+	  echo "make docs: the site is in $(CURDIR)/_docs/ (built in $$(( $$(date +%s) - t0 )) s); open _docs/index.html, or serve it with"; \
+	  echo "  python3 -m http.server 8000 --bind 127.0.0.1 --directory _docs   and browse http://127.0.0.1:8000/"; \
 	else \
 	  echo "make docs: quarto is not on PATH, so the site cannot be rendered here."; \
 	  echo "  Install Quarto (https://quarto.org/docs/get-started/, or '$(BIN)/nbdev-install-quarto' where the web is reachable),"; \

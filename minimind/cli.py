@@ -1,4 +1,4 @@
-"""`minimind train pretrain`, `minimind chat`, `minimind download` and `minimind course`: the library without notebooks.
+"""`minimind train pretrain`, `minimind chat`, `minimind serve`, `minimind webui`, `minimind download` and `minimind course`: the library without notebooks.
 
 Docs: https://minimind-course.github.io/minimind/cli.html.md"""
 
@@ -8,12 +8,13 @@ Docs: https://minimind-course.github.io/minimind/cli.html.md"""
 from __future__ import annotations
 import argparse, importlib, json, os, sys, time
 from pathlib import Path
+from .export import add_export_args, run_export
 
 # %% auto #0
 __all__ = ['REPO_URL', 'TRAIN_STAGES', 'COURSE_PARAMS', 'CHAT_STAGES', 'CLIError', 'check_files', 'repo_root', 'stage_notebooks',
            'add_train_args', 'run_train', 'add_sample_args', 'run_sample', 'add_chat_args', 'load_for_chat',
-           'stream_reply', 'run_chat', 'run_notebook', 'course_chat', 'add_course_args', 'run_course', 'user_error',
-           'build_parser', 'main']
+           'stream_reply', 'run_chat', 'add_serve_args', 'run_serve', 'run_webui', 'run_notebook', 'course_chat',
+           'add_course_args', 'run_course', 'user_error', 'build_parser', 'main']
 
 # %% ../nbs/99_cli.ipynb #0342d632
 REPO_URL = "https://github.com/minimind-course/minimind"  # the course checkout: notebooks, dataset/, tests
@@ -46,6 +47,24 @@ TRAIN_STAGES = {  # stage -> its library function, presets, default sample files
     "sft": dict(run="minimind.sft:sft", presets="minimind.sft:SFT_PRESETS", data="sft", eval="sft_eval",
                 help="supervised fine-tuning: a chat model from a pretrained one (notebook 04)",
                 init="the pretrained model folder (default: a quick tiny pretraining on the sample first)"),
+    "lora": dict(run="minimind.lora:lora", presets="minimind.lora:LORA_PRESETS", data="lora_domain", eval="sft_eval",
+                 help="a LoRA adapter on a chat model: a domain or an identity (notebook 05)",
+                 init="the SFT model folder the adapter is trained on (default: a quick SFT first)",
+                 args=[("--rank", dict(type=int, help="LoRA rank r (default 8)")), ("--alpha", dict(type=float, help="scale alpha; the update is alpha/r B A (default 16)")),
+                       ("--dropout", dict(type=float, help="dropout on the adapter input (default 0.05)")),
+                       ("--targets", dict(help="all | attention | minimind (q_proj, o_proj) | a regex on module names (default all)"))]),
+    "dpo": dict(run="minimind.dpo:dpo", presets="minimind.dpo:DPO_PRESETS", data="dpo", eval="dpo",
+                help="preference optimisation (DPO) of a chat model on chosen/rejected pairs (notebook 06)",
+                init="the SFT model folder (default: a quick SFT on the sample first)",
+                args=[("--beta", dict(type=float, help="DPO's beta: the pull back to the reference (default: the preset's, 0.1)")),
+                      ("--holdout", dict(type=int, help="pairs held out of --data when --eval-data is not given (default 64)")),
+                      ("--ref-steps", dict(type=int, help="steps of SFT on both replies of every pair before DPO (default: the preset's; 0 for real pairs)"))]),
+    "distill": dict(run="minimind.distill:distill", presets="minimind.distill:DISTILL_PRESETS", data="sft", eval="sft_eval",
+                    help="white-box distillation: a smaller student learns a chat model's logits (notebook 08)",
+                    init="the teacher's model folder (default: a quick SFT on the sample first)",
+                    args=[("--student", dict(help="'half' (every other teacher layer, copied), a model preset name (fresh) or a model folder")),
+                          ("--temperature", dict(type=float, help="softening temperature T (default: the preset's)")),
+                          ("--alpha", dict(type=float, help="weight of the data's cross-entropy; 1 - alpha on the KL (default: the preset's, 0.5)"))]),
     "reason": dict(run="minimind.reason:reason", presets="minimind.reason:REASON_PRESETS", data="reason", eval="arith_eval",
                    help="reasoning SFT: <think>…</think><answer>…</answer> replies from worked solutions (notebook 07)",
                    init="the SFT chat model folder (default: a quick SFT on the sample first)",
@@ -102,7 +121,7 @@ def run_train(a:argparse.Namespace) -> int:
                        init_from=a.init_from, skip_bad=a.skip_bad, steps=a.steps, batch_size=a.batch_size, grad_accum=a.grad_accum,
                        seq_len=a.seq_len, lr=a.lr, device=a.device, dtype=a.dtype, compile=a.compile or None, eval_every=a.eval_every,
                        ckpt_every=a.ckpt_every, seed=a.seed, wandb_mode=a.wandb, wandb_project=a.wandb_project, wandb_run=a.wandb_run,
-                       progress=not a.no_progress, **extra)
+                       progress=not a.no_progress, live_plot=False, **extra)
     if t.is_main:
         ev = t.eval_history[-1]["eval_loss"] if t.eval_history else float("nan")
         held = f", held-out {ev:.3f}" if ev == ev else ""                                 # a stage without a held-out loss (GRPO) says nothing
@@ -128,6 +147,7 @@ def run_sample(a:argparse.Namespace) -> int:
 def add_chat_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Arguments of `minimind chat`."
     p.add_argument("--model", required=True, help="a model folder (model.safetensors + config.json + tokenizer.json)")
+    p.add_argument("--adapter", help="a LoRA adapter folder (notebook 05) to load on top of --model, merged")
     p.add_argument("--prompt", action="append", help="a prompt (repeatable); none: an interactive chat")
     p.add_argument("--raw", action="store_true", help="continue the text as is (a pretrained model), no chat template")
     p.add_argument("--max-new-tokens", type=int, default=128)
@@ -136,31 +156,36 @@ def add_chat_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     return p
 
-def load_for_chat(folder, device="auto"):
-    "(model, tokenizer) from a model folder; the shipped tokenizer when the folder has none."
+def load_for_chat(folder, device="auto",
+                  adapter=None): # a LoRA adapter folder, merged into the model (an error if it does not fit, never ignored)
+    "(model, tokenizer) from a model folder (+ a LoRA adapter); the shipped tokenizer when the folder has none."
     from minimind.model import MiniMindForCausalLM
     from minimind.tokenizer import load_tokenizer
     from minimind.train import get_device
     folder = Path(folder)  # not a model folder: from_pretrained raises an error that names it
     tok = load_tokenizer(folder if (folder/"tokenizer.json").exists() else None)
-    return MiniMindForCausalLM.from_pretrained(folder).to(get_device(device)), tok
+    model = MiniMindForCausalLM.from_pretrained(folder)
+    if adapter is not None:
+        from minimind.lora import load_adapter
+        model = load_adapter(model, adapter, merge=True).eval()
+    return model.to(get_device(device)), tok
 
 def stream_reply(model, tok, text:str, raw:bool=False, max_new_tokens:int=128, temperature:float=0.7, top_p:float=0.85,
                  out=sys.stdout) -> str:
     "Print the model's reply to `text` token by token (chat template unless `raw`); returns the reply."
     from minimind.tokenizer import BOS_ID, encode_chat
     ids = [BOS_ID] + tok.encode(text, add_special_tokens=False).ids if raw else encode_chat(tok, [{"role": "user", "content": text}], add_generation_prompt=True)
-    new, shown = [], ""
+    from minimind.serve import StreamDecoder
+    dec = StreamDecoder(tok)               # holds back a UTF-8 character split over tokens until it is whole
     for t in model.stream_generate(ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p):
         if t == model.config.eos_token_id: break
-        new.append(t); s = tok.decode(new)
-        if not s.endswith("\ufffd"): out.write(s[len(shown):]); out.flush(); shown = s  # wait for whole UTF-8 characters
-    out.write(tok.decode(new)[len(shown):] + "\n")
-    return tok.decode(new)
+        out.write(dec.push(t)); out.flush()
+    out.write(dec.flush() + "\n")
+    return dec.shown
 
 def run_chat(a:argparse.Namespace) -> int:
     "`minimind chat`: answer --prompt(s), or chat interactively until EOF / 'exit'."
-    model, tok = load_for_chat(a.model, a.device)
+    model, tok = load_for_chat(a.model, a.device, a.adapter)
     kw = dict(raw=a.raw, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p)
     for p in a.prompt or []: print(f"> {p}"); stream_reply(model, tok, p, **kw)
     if a.prompt: return 0
@@ -169,6 +194,36 @@ def run_chat(a:argparse.Namespace) -> int:
         except EOFError: return 0
         if p in ("exit", "quit"): return 0
         if p: stream_reply(model, tok, p, **kw)
+
+# %% ../nbs/99_cli.ipynb #5e7c0a02
+def add_serve_args(p:argparse.ArgumentParser, port:int=8000) -> argparse.ArgumentParser:
+    "Arguments of `minimind serve` (and, with port 8501, `minimind webui`)."
+    p.add_argument("--model", required=True, help="a model folder (model.safetensors + config.json + tokenizer.json)")
+    p.add_argument("--adapter", help="a LoRA adapter folder to apply (minimind.lora)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only; 0.0.0.0 exposes it)")
+    p.add_argument("--port", type=int, default=port)
+    p.add_argument("--device", default="auto")
+    return p
+
+def _needs_serve_extra(cmd:str, *modules):
+    "Exit with one line when the serve extra is not installed."
+    import importlib.util
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing: sys.exit(f"minimind {cmd} needs the serve extra: pip install 'minimind[serve]' ({', '.join(missing)} missing)")
+
+def run_serve(a:argparse.Namespace) -> int:
+    "`minimind serve`: the OpenAI-compatible server (notebook 09) until Ctrl-C."
+    _needs_serve_extra("serve", "fastapi", "uvicorn")
+    from minimind.serve import serve
+    serve(a.model, a.adapter, a.host, a.port, a.api_key, a.device, a.name, a.max_context)  # a bad folder: main prints one line
+    return 0
+
+def run_webui(a:argparse.Namespace) -> int:
+    "`minimind webui`: the streamlit chat page (notebook 09a)."
+    _needs_serve_extra("webui", "streamlit")
+    if not (Path(a.model)/"config.json").exists(): raise FileNotFoundError(f"{a.model} is not a model folder (no config.json)")
+    from minimind.webui import launch
+    return launch(a.model, a.adapter, a.host, a.port, a.device)
 
 # %% ../nbs/99_cli.ipynb #d63eb2b5
 COURSE_PARAMS = {"03_pretrain": {"preset": "course", "n_facts": None}}  # per-notebook papermill overrides of the main job
@@ -258,6 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a stage").add_subparsers(dest="stage", required=True)
     for name, s in TRAIN_STAGES.items(): add_train_args(tr.add_parser(name, help=s["help"]), name).set_defaults(func=run_train)
     add_chat_args(sub.add_parser("chat", help="chat with a model folder")).set_defaults(func=run_chat)
+    s = add_serve_args(sub.add_parser("serve", help="an OpenAI-compatible server for a model folder (notebook 09)"))
+    s.add_argument("--api-key", default=os.environ.get("MINIMIND_API_KEY"), help="require 'Authorization: Bearer KEY' (default: $MINIMIND_API_KEY)")
+    s.add_argument("--name", default="minimind", help="the model id clients send")
+    s.add_argument("--max-context", type=int, help="prompt + reply tokens (default: the model's max_position_embeddings)")
+    s.set_defaults(func=run_serve)
+    add_serve_args(sub.add_parser("webui", help="a streamlit chat page for a model folder (notebook 09a)"), 8501).set_defaults(func=run_webui)
+    add_export_args(sub.add_parser("export", help="write a model for transformers, llama.cpp (GGUF) or ollama (notebook 10)")).set_defaults(func=run_export)
     add_course_args(sub.add_parser("course", help="run the course notebooks on the bundled sample (CPU), then chat")).set_defaults(func=run_course)
     sub.add_parser("download", help="download MiniMind's data from the hub (minimind download --help)")
     add_sample_args(sub.add_parser("sample", help="write the bundled sample's JSONL files into a folder")).set_defaults(func=run_sample)

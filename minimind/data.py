@@ -88,7 +88,7 @@ def parse_line(raw:bytes, kind:str|None=None) -> dict:
     return rec
 
 class JsonlReader:
-    "One pass over a JSONL file, yielding dicts; counts skipped lines in `bad_lines` when `skip_bad`."
+    "One pass over a JSONL file, yielding dicts; counts skipped lines in `bad_lines` when `skip_bad`; `lineno` is the line of the record just yielded."
     def __init__(self,
                  path,                # a .jsonl file
                  kind:str|None=None,  # schema to check each record against: one of `KINDS`, or None for any object
@@ -96,7 +96,7 @@ class JsonlReader:
                  max_errors:int=10):  # how many skipped lines' messages to keep in `errors`
         if kind is not None and kind not in KINDS: raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
         self.path, self.kind, self.skip_bad, self.max_errors = Path(path), kind, skip_bad, max_errors
-        self.n_records, self.bad_lines, self.errors, self._gen = 0, 0, [], None
+        self.n_records, self.bad_lines, self.errors, self.lineno, self._gen = 0, 0, [], 0, None
 
     def __iter__(self): return self
     def __next__(self) -> dict:
@@ -114,7 +114,7 @@ class JsonlReader:
                     self.bad_lines += 1
                     if len(self.errors) < self.max_errors: self.errors.append(str(err))
                     continue
-                self.n_records += 1
+                self.n_records, self.lineno = self.n_records + 1, lineno  # for checks a caller adds (e.g. DPO's shared prompt)
                 yield rec
         if self.n_records == 0 and self.bad_lines == 0: raise DataError(self.path, 1, "empty file: no JSON records")
 

@@ -1,4 +1,4 @@
-"""The MiniMind2 decoder from scratch (config, RMSNorm, rotary embeddings, grouped-query attention, SwiGLU, KV-cache generation), weight-compatible with MiniMind and Llama.
+"""Attention from a toy up (queries, keys and values by hand, the causal mask, √d, heads, grouped-query attention), then the MiniMind2 decoder from scratch (RMSNorm, rotary embeddings and YaRN, SwiGLU, KV-cache generation), weight-compatible with MiniMind and Llama.
 
 Docs: https://minimind-course.github.io/minimind/attention_rope.html.md"""
 
@@ -15,12 +15,86 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['PRESETS', 'DERIVED_KEYS', 'MiniMindConfig', 'RMSNorm', 'rope_inv_freq', 'rope_cos_sin', 'rotate_half', 'apply_rope',
-           'repeat_kv', 'attention_mask_4d', 'explicit_attention', 'Attention', 'FeedForward', 'CausalLMOutput',
-           'make_mlp', 'MiniMindBlock', 'RotaryEmbedding', 'position_ids_for', 'MiniMindModel', 'MiniMindForCausalLM',
-           'to_hf_config', 'hf_model_from', 'load_state_dict_file', 'save_pretrained', 'from_pretrained',
-           'apply_repetition_penalty', 'top_k_filter', 'top_p_filter', 'sample_next', 'generate', 'stream_generate',
-           'attention_maps', 'plot_attention', 'attention_viewer']
+__all__ = ['PRESETS', 'DERIVED_KEYS', 'repeat_kv', 'attention_mask_4d', 'explicit_attention', 'RMSNorm', 'rope_cos_sin',
+           'rotate_half', 'apply_rope', 'rope_inv_freq', 'MiniMindConfig', 'KVCache', 'Attention', 'FeedForward',
+           'CausalLMOutput', 'make_mlp', 'MiniMindBlock', 'RotaryEmbedding', 'position_ids_for', 'MiniMindModel',
+           'MiniMindForCausalLM', 'to_hf_config', 'hf_model_from', 'load_state_dict_file', 'save_pretrained',
+           'from_pretrained', 'apply_repetition_penalty', 'top_k_filter', 'top_p_filter', 'sample_next', 'generate',
+           'stream_generate', 'attention_maps', 'plot_attention', 'attention_viewer']
+
+# %% ../nbs/01_attention_rope.ipynb #a1a40004
+def repeat_kv(x:torch.Tensor, n_rep:int) -> torch.Tensor:
+    "(B, S, n_kv, hd) -> (B, S, n_kv*n_rep, hd): each KV head serves n_rep query heads."
+    if n_rep == 1: return x
+    B, S, n_kv, hd = x.shape
+    return x[:, :, :, None].expand(B, S, n_kv, n_rep, hd).reshape(B, S, n_kv * n_rep, hd)
+
+# %% ../nbs/01_attention_rope.ipynb #c025
+def attention_mask_4d(T:int, # queries (new tokens)
+                      S:int, # keys (cached + new)
+                      attention_mask:torch.Tensor|None=None, # (B, S) 1 = real token, 0 = padding; or a ready (B, 1, T, S) bool mask
+                      device=None) -> torch.Tensor:
+    "Boolean (B|1, 1, T, S) mask, True where query t may attend key s (causal, offset S-T, no padding)."
+    if attention_mask is not None and attention_mask.dim() == 4: return attention_mask.bool()  # packed rows bring their own (notebook 04)
+    q_pos = torch.arange(S - T, S, device=device)[:, None]
+    mask = (torch.arange(S, device=device)[None] <= q_pos)[None, None]           # (1, 1, T, S)
+    if attention_mask is not None:
+        if attention_mask.shape[-1] != S: raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions, expected {S} (cached + new)")
+        mask = mask & attention_mask.bool()[:, None, None, :]                    # (B, 1, T, S)
+        mask = mask | ~mask.any(-1, keepdim=True)  # a padding query that sees nothing attends everywhere (ignored, but finite)
+    return mask
+
+def explicit_attention(q, k, v, # (B, H, T, hd), (B, H, S, hd), (B, H, S, hd)
+                       mask:torch.Tensor|None=None, # (B|1, 1, T, S) bool; None = causal
+                       dropout:float=0.0):
+    "softmax(q k^T / sqrt(hd)) v written out; returns (output (B, H, T, hd), weights (B, H, T, S))."
+    T, S = q.shape[-2], k.shape[-2]
+    if mask is None: mask = attention_mask_4d(T, S, device=q.device)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])                  # (B, H, T, S)
+    w = F.softmax(scores.masked_fill(~mask, float("-inf")).float(), dim=-1).type_as(q)
+    return F.dropout(w, dropout) @ v, w
+
+# %% ../nbs/01_attention_rope.ipynb #c011
+class RMSNorm(nn.Module):
+    "Root-mean-square norm with a learned per-channel gain (no bias, no mean subtraction)."
+    def __init__(self, dim:int, eps:float=1e-5):
+        super().__init__()
+        self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        xf = x.float()
+        return (self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps))).type_as(x)
+
+# %% ../nbs/01_attention_rope.ipynb #c016
+def rope_cos_sin(positions:torch.Tensor, # (B, T) integer positions
+                 inv_freq:torch.Tensor, attention_factor:float=1.0):
+    "cos and sin tables (B, T, head_dim) in the rotate-half layout."
+    freqs = positions.float()[..., None] * inv_freq.to(positions.device)  # (B, T, hd/2)
+    emb = torch.cat([freqs, freqs], dim=-1)                                 # (B, T, hd)
+    return emb.cos() * attention_factor, emb.sin() * attention_factor
+
+def rotate_half(x): x1, x2 = x.chunk(2, dim=-1); return torch.cat([-x2, x1], dim=-1)
+
+def apply_rope(x:torch.Tensor, # (B, T, n_heads, hd)
+               cos:torch.Tensor, sin:torch.Tensor): # (B, T, hd)
+    "Rotate each channel pair (i, i+hd/2) of every head by its position's angle."
+    return (x * cos[:, :, None] + rotate_half(x) * sin[:, :, None]).type_as(x)
+
+# %% ../nbs/01_attention_rope.ipynb #a1a80002
+def rope_inv_freq(head_dim:int, theta:float=1e6, # base of the geometric frequencies
+                  rope_scaling:dict|None=None, # None, {"type":"linear","factor"} or {"type":"yarn","factor",...}
+                 ) -> tuple[torch.Tensor, float]:
+    "Inverse frequencies theta_i (head_dim/2,) in float32, and the cos/sin attention factor."
+    inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device="cpu") / head_dim)
+    if rope_scaling is None: return inv, 1.0
+    kind, s = rope_scaling.get("type", rope_scaling.get("rope_type")), rope_scaling["factor"]
+    if kind == "linear": return inv / s, 1.0
+    orig = rope_scaling.get("original_max_position_embeddings", 2048)
+    fast, slow = rope_scaling.get("beta_fast", 32.0), rope_scaling.get("beta_slow", 1.0)
+    pair_of = lambda rot: head_dim * math.log(orig / (rot * 2 * math.pi)) / (2 * math.log(theta))  # pair making `rot` turns
+    lo, hi = max(math.floor(pair_of(fast)), 0), min(math.ceil(pair_of(slow)), head_dim // 2 - 1)
+    ramp = ((torch.arange(head_dim // 2, dtype=torch.float32, device="cpu") - lo) / max(hi - lo, 1e-3)).clamp(0, 1)
+    return inv * (1 - ramp + ramp / s), float(rope_scaling.get("attention_factor", 1.0))
 
 # %% ../nbs/01_attention_rope.ipynb #c008
 PRESETS = {  # published MiniMind sizes; "tiny" is this course's CPU size
@@ -99,79 +173,40 @@ class MiniMindConfig:
     @classmethod
     def load(cls, folder) -> MiniMindConfig: return cls.from_dict(json.loads((Path(folder)/"config.json").read_text()))
 
-# %% ../nbs/01_attention_rope.ipynb #c011
-class RMSNorm(nn.Module):
-    "Root-mean-square norm with a learned per-channel gain (no bias, no mean subtraction)."
-    def __init__(self, dim:int, eps:float=1e-5):
-        super().__init__()
-        self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
-
-    def forward(self, x):
-        xf = x.float()
-        return (self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps))).type_as(x)
-
-# %% ../nbs/01_attention_rope.ipynb #c016
-def rope_inv_freq(head_dim:int, theta:float=1e6, # base of the geometric frequencies
-                  rope_scaling:dict|None=None, # None, {"type":"linear","factor"} or {"type":"yarn","factor",...}
-                 ) -> tuple[torch.Tensor, float]:
-    "Inverse frequencies theta_i (head_dim/2,) in float32, and the cos/sin attention factor."
-    inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device="cpu") / head_dim)
-    if rope_scaling is None: return inv, 1.0
-    kind, s = rope_scaling.get("type", rope_scaling.get("rope_type")), rope_scaling["factor"]
-    if kind == "linear": return inv / s, 1.0
-    orig = rope_scaling.get("original_max_position_embeddings", 2048)
-    fast, slow = rope_scaling.get("beta_fast", 32.0), rope_scaling.get("beta_slow", 1.0)
-    pair_of = lambda rot: head_dim * math.log(orig / (rot * 2 * math.pi)) / (2 * math.log(theta))  # pair making `rot` turns
-    lo, hi = max(math.floor(pair_of(fast)), 0), min(math.ceil(pair_of(slow)), head_dim // 2 - 1)
-    ramp = ((torch.arange(head_dim // 2, dtype=torch.float32, device="cpu") - lo) / max(hi - lo, 1e-3)).clamp(0, 1)
-    return inv * (1 - ramp + ramp / s), float(rope_scaling.get("attention_factor", 1.0))
-
-def rope_cos_sin(positions:torch.Tensor, # (B, T) integer positions
-                 inv_freq:torch.Tensor, attention_factor:float=1.0):
-    "cos and sin tables (B, T, head_dim) in the rotate-half layout."
-    freqs = positions.float()[..., None] * inv_freq.to(positions.device)  # (B, T, hd/2)
-    emb = torch.cat([freqs, freqs], dim=-1)                                 # (B, T, hd)
-    return emb.cos() * attention_factor, emb.sin() * attention_factor
-
-def rotate_half(x): x1, x2 = x.chunk(2, dim=-1); return torch.cat([-x2, x1], dim=-1)
-
-def apply_rope(x:torch.Tensor, # (B, T, n_heads, hd)
-               cos:torch.Tensor, sin:torch.Tensor): # (B, T, hd)
-    "Rotate each channel pair (i, i+hd/2) of every head by its position's angle."
-    return (x * cos[:, :, None] + rotate_half(x) * sin[:, :, None]).type_as(x)
-
-# %% ../nbs/01_attention_rope.ipynb #c025
-def repeat_kv(x:torch.Tensor, n_rep:int) -> torch.Tensor:
-    "(B, S, n_kv, hd) -> (B, S, n_kv*n_rep, hd): each KV head serves n_rep query heads."
-    if n_rep == 1: return x
-    B, S, n_kv, hd = x.shape
-    return x[:, :, :, None].expand(B, S, n_kv, n_rep, hd).reshape(B, S, n_kv * n_rep, hd)
-
-def attention_mask_4d(T:int, # queries (new tokens)
-                      S:int, # keys (cached + new)
-                      attention_mask:torch.Tensor|None=None, # (B, S) 1 = real token, 0 = padding; or a ready (B, 1, T, S) bool mask
-                      device=None) -> torch.Tensor:
-    "Boolean (B|1, 1, T, S) mask, True where query t may attend key s (causal, offset S-T, no padding)."
-    if attention_mask is not None and attention_mask.dim() == 4: return attention_mask.bool()  # packed rows bring their own (notebook 04)
-    q_pos = torch.arange(S - T, S, device=device)[:, None]
-    mask = (torch.arange(S, device=device)[None] <= q_pos)[None, None]           # (1, 1, T, S)
-    if attention_mask is not None:
-        if attention_mask.shape[-1] != S: raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions, expected {S} (cached + new)")
-        mask = mask & attention_mask.bool()[:, None, None, :]                    # (B, 1, T, S)
-        mask = mask | ~mask.any(-1, keepdim=True)  # a padding query that sees nothing attends everywhere (ignored, but finite)
-    return mask
-
-def explicit_attention(q, k, v, # (B, H, T, hd), (B, H, S, hd), (B, H, S, hd)
-                       mask:torch.Tensor|None=None, # (B|1, 1, T, S) bool; None = causal
-                       dropout:float=0.0):
-    "softmax(q k^T / sqrt(hd)) v written out; returns (output (B, H, T, hd), weights (B, H, T, S))."
-    T, S = q.shape[-2], k.shape[-2]
-    if mask is None: mask = attention_mask_4d(T, S, device=q.device)
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])                  # (B, H, T, S)
-    w = F.softmax(scores.masked_fill(~mask, float("-inf")).float(), dim=-1).type_as(q)
-    return F.dropout(w, dropout) @ v, w
-
 # %% ../nbs/01_attention_rope.ipynb #c028
+class KVCache:
+    "Every layer's keys and values in preallocated buffers, filled up to `len`; grows by doubling when full."
+    def __init__(self, n_layers:int, capacity:int=0): # capacity: positions to allocate at the first write
+        self.n_layers, self.capacity, self.len, self.k, self.v = n_layers, capacity, 0, None, None
+
+    def update(self, layer:int, k, v): # k, v: (B, n_kv, T, hd), the new positions (keys after RoPE)
+        "Write k, v after the filled prefix, in place; return this layer's keys and values so far, (B, n_kv, len+T, hd)."
+        end = self.len + k.shape[2]
+        if self.k is None or end > self.k.shape[3]: self._grow(end, k)
+        kl, vl = self.layers[layer]
+        kl.narrow(2, self.len, k.shape[2]).copy_(k); vl.narrow(2, self.len, k.shape[2]).copy_(v)
+        return kl.narrow(2, 0, end), vl.narrow(2, 0, end)
+
+    def _grow(self, end:int, like):
+        "(Re)allocate (n_layers, B, n_kv, capacity, hd) buffers for at least `end` positions; keep what is filled."
+        cap = max(end, self.capacity, 2 * (self.k.shape[3] if self.k is not None else 0))
+        k, v = (like.new_empty(self.n_layers, like.shape[0], like.shape[1], cap, like.shape[3]) for _ in range(2))
+        if self.k is not None: k[..., :self.len, :], v[..., :self.len, :] = self.k[..., :self.len, :], self.v[..., :self.len, :]
+        self.k, self.v, self.layers = k, v, [(k[i], v[i]) for i in range(self.n_layers)]  # per-layer (B, n_kv, cap, hd) views
+
+    def __len__(self): return self.n_layers
+    def __getitem__(self, i): # layer i's (k, v), each (B, len, n_kv, hd), as views
+        if not 0 <= i < self.n_layers: raise IndexError(i)
+        return self.k[i, :, :, :self.len].transpose(1, 2), self.v[i, :, :, :self.len].transpose(1, 2)
+
+    @classmethod
+    def from_legacy(cls, past:list) -> KVCache:
+        "A KVCache holding a list of per-layer (k, v) tensors, each (B, S, n_kv, hd)."
+        cache = cls(len(past))
+        for i, (k, v) in enumerate(past): cache.update(i, k.transpose(1, 2), v.transpose(1, 2))
+        cache.len = past[0][0].shape[1]
+        return cache
+
 class Attention(nn.Module):
     "Grouped-query self-attention with RoPE, optional q/k RMSNorm, and a KV cache."
     def __init__(self, config:MiniMindConfig):
@@ -187,29 +222,30 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(c.dropout)
 
     def forward(self, x, # (B, T, hidden)
-                cos, sin, # (B, T, hd)
-                past_kv:tuple|None=None, # (k, v) each (B, S-T, n_kv, hd)
-                use_cache:bool=False,
-                mask:torch.Tensor|None=None, # (B|1, 1, T, S) bool; None = plain causal, nothing cached
+                cos, sin, # (B|1, T, hd)
+                cache:KVCache|None=None, # earlier positions' keys/values; this call's are written into it
+                layer:int=0, # this layer's index in `cache`
+                mask:torch.Tensor|None=None, # (B|1, 1, T, S) bool; None = causal (a single new token sees everything)
                 output_attentions:bool=False):
-        "Returns (output (B, T, hidden), present (k, v) or None, weights (B, H, T, S) or None)."
+        "Returns (output (B, T, hidden), weights (B, H, T, S) or None)."
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)      # (B, T, H, hd)
         k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim)         # (B, T, n_kv, hd)
         v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim)
         if hasattr(self, "q_norm"): q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if past_kv is not None: k, v = torch.cat([past_kv[0], k], 1), torch.cat([past_kv[1], v], 1)  # (B, S, n_kv, hd)
-        present = (k, v) if use_cache else None
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)      # (B, H|n_kv, S, hd)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)      # (B, H|n_kv, T, hd)
+        if cache is not None: k, v = cache.update(layer, k, v)         # (B, n_kv, S, hd), S = cached + T
+        T, S = q.shape[2], k.shape[2]
+        if mask is None and 1 < T < S: mask = attention_mask_4d(T, S, device=x.device)  # a chunk after a cache: causal, offset
         p = self.dropout if self.training else 0.0
         if output_attentions:
             out, w = explicit_attention(q, k.repeat_interleave(self.n_rep, 1), v.repeat_interleave(self.n_rep, 1), mask, p)
         else:  # enable_gqa: SDPA shares each KV head across its n_rep query heads without materialising copies
-            out, w = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=mask is None,
+            out, w = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=mask is None and T > 1,
                                                     enable_gqa=self.n_rep > 1), None
-        out = out.transpose(1, 2).reshape(B, T, -1)                     # (B, T, H*hd)
-        return self.resid_dropout(self.o_proj(out)), present, w
+        out = self.o_proj(out.transpose(1, 2).reshape(B, T, -1))      # (B, T, hidden)
+        return (self.resid_dropout(out) if p else out), w
 
 # %% ../nbs/01_attention_rope.ipynb #c033
 class FeedForward(nn.Module):
@@ -229,7 +265,7 @@ class CausalLMOutput:
     loss: torch.Tensor|None = None            # mean next-token CE over labels != -100
     logits: torch.Tensor|None = None          # (B, T, vocab)
     aux_loss: torch.Tensor|None = None        # 0-dim; MoE load-balancing loss summed over layers (0. when dense)
-    past_key_values: list|None = None         # per layer (k, v), each (B, S, n_kv, hd), when use_cache
+    past_key_values: KVCache|None = None      # per layer (k, v), each (B, S, n_kv, hd), when use_cache
     attentions: tuple|None = None             # per layer (B, H, T, S), when output_attentions
 
 def make_mlp(config:MiniMindConfig) -> nn.Module:
@@ -246,10 +282,10 @@ class MiniMindBlock(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, past_kv=None, use_cache=False, mask=None, output_attentions=False):
-        h, present, w = self.self_attn(self.input_layernorm(x), cos, sin, past_kv, use_cache, mask, output_attentions)
+    def forward(self, x, cos, sin, cache=None, mask=None, output_attentions=False):
+        h, w = self.self_attn(self.input_layernorm(x), cos, sin, cache, self.layer_id, mask, output_attentions)
         x = x + h
-        return x + self.mlp(self.post_attention_layernorm(x)), present, w
+        return x + self.mlp(self.post_attention_layernorm(x)), w
 
 class RotaryEmbedding(nn.Module):
     "cos/sin for given positions; theta_i kept as a float32 attribute (not a buffer: no state-dict entry, no dtype cast)."
@@ -279,22 +315,27 @@ class MiniMindModel(nn.Module):
 
     def forward(self, input_ids, # (B, T)
                 attention_mask=None, # (B, S) with S = cached + T; 1 real, 0 pad
-                past_key_values=None, use_cache=False, position_ids=None, output_attentions=False):
-        "Returns (hidden (B, T, hidden), presents or None, aux_loss, attentions or None)."
+                past_key_values=None, # a KVCache (filled in place), or a list of per-layer (k, v) to start one from
+                use_cache=False, position_ids=None, output_attentions=False):
+        "Returns (hidden (B, T, hidden), the KVCache or None, aux_loss, attentions or None)."
         B, T = input_ids.shape
-        past_len = past_key_values[0][0].shape[1] if past_key_values else 0
+        cache = past_key_values
+        if cache is not None and not hasattr(cache, "update"): cache = KVCache.from_legacy(cache)  # a list of (k, v)
+        if cache is None and use_cache: cache = KVCache(len(self.layers), T)
+        past_len = cache.len if cache is not None else 0
         if position_ids is None: position_ids = position_ids_for(T, past_len, attention_mask, input_ids.device)
         cos, sin = self.rotary_emb(position_ids)                                   # (B|1, T, hd)
-        mask = None if attention_mask is None and past_len == 0 else attention_mask_4d(T, past_len + T, attention_mask, input_ids.device)
-        if mask is None and output_attentions: mask = attention_mask_4d(T, T, device=input_ids.device)
-        h = self.dropout(self.embed_tokens(input_ids))                              # (B, T, hidden)
-        presents, attns = [], []
-        for i, layer in enumerate(self.layers):
-            h, present, w = layer(h, cos, sin, past_key_values[i] if past_key_values else None, use_cache, mask, output_attentions)
-            presents.append(present); attns.append(w)
+        mask = None if attention_mask is None else attention_mask_4d(T, past_len + T, attention_mask, input_ids.device)
+        h = self.embed_tokens(input_ids)                                            # (B, T, hidden)
+        if self.training and self.config.dropout: h = self.dropout(h)
+        attns = []
+        for layer in self.layers:
+            h, w = layer(h, cos, sin, cache, mask, output_attentions)
+            attns.append(w)
+        if cache is not None: cache.len += T                                        # every layer wrote its T positions
         aux = [l.mlp.aux_loss for l in self.layers if getattr(l.mlp, "aux_loss", None) is not None]
         aux_loss = torch.stack([a.sum() for a in aux]).sum() if aux else h.new_zeros(())
-        return self.norm(h), presents if use_cache else None, aux_loss, tuple(attns) if output_attentions else None
+        return self.norm(h), cache if use_cache else None, aux_loss, tuple(attns) if output_attentions else None
 
 # %% ../nbs/01_attention_rope.ipynb #c037
 class MiniMindForCausalLM(nn.Module):
@@ -457,19 +498,21 @@ def sample_next(logits:torch.Tensor, # (B, V) last-position logits
 def _decode_steps(model, input_ids, max_new_tokens=256, temperature=0.85, top_k=50, top_p=0.85,
                   repetition_penalty=1.0, eos_token_id=2, use_cache=True, attention_mask=None, generator=None):
     "Yield (next ids (B,), the model's raw logits (B, V)) per generated step."
-    ids, mask, past = input_ids, attention_mask, None
-    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    (B, T), n = input_ids.shape, input_ids.shape[1]
+    ids = input_ids.new_empty(B, T + max_new_tokens); ids[:, :T] = input_ids     # prompt, then each new token in place
+    mask = None if attention_mask is None else torch.cat([attention_mask, attention_mask.new_ones(B, max_new_tokens)], 1)
+    cache = KVCache(model.config.num_hidden_layers, T + min(max_new_tokens, 1024)) if use_cache else None
+    done = torch.zeros(B, dtype=torch.bool, device=ids.device)
     for _ in range(max_new_tokens):
-        feed = ids[:, -1:] if past is not None else ids
-        out = model(feed, past_key_values=past, use_cache=use_cache, attention_mask=mask, logits_to_keep=1)
-        past = out.past_key_values if use_cache else None
-        raw = out.logits[:, -1].float()                                           # (B, V)
-        seen = ids if mask is None else torch.where(mask.bool(), ids, ids[:, -1:])  # padding is not "seen"
-        logits = apply_repetition_penalty(raw, seen, repetition_penalty)
+        feed = ids[:, n - 1:n] if cache is not None and cache.len else ids[:, :n]   # with a cache, only the newest token
+        out = model(feed, past_key_values=cache, use_cache=use_cache, attention_mask=None if mask is None else mask[:, :n], logits_to_keep=1)
+        raw = logits = out.logits[:, -1].float()                                  # (B, V)
+        if repetition_penalty != 1.0:
+            seen = ids[:, :n] if mask is None else torch.where(mask[:, :n].bool(), ids[:, :n], ids[:, n - 1:n])  # padding is not "seen"
+            logits = apply_repetition_penalty(raw, seen, repetition_penalty)
         nxt = sample_next(logits, temperature, top_k, top_p, generator)
-        if eos_token_id is not None: nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
-        ids = torch.cat([ids, nxt[:, None]], 1)
-        if mask is not None: mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
+        if eos_token_id is not None and B > 1: nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
+        ids[:, n] = nxt; n += 1
         yield nxt, raw
         if eos_token_id is not None:
             done |= nxt == eos_token_id

@@ -1,4 +1,4 @@
-"""Next-token prediction on packed rows, with the one `Trainer` every later stage reuses: atomic checkpoints, exact resume, DDP, wandb and a live loss curve.
+"""Next-token prediction on packed rows, a training loop grown step by step (overfit one batch, accumulation and clipping, the schedule, evaluation, exact resume) into the one `Trainer` every later stage reuses, and what a CPU run teaches, measured.
 
 Docs: https://minimind-course.github.io/minimind/pretrain.html.md"""
 
@@ -22,9 +22,9 @@ from .score import by_lang, choice_accuracy, fact_accuracy, load_probes, spread
 
 # %% auto #0
 __all__ = ['PRETRAIN_PRESETS', 'resolve_nb_path', 'causal_lm_loss', 'token_cache_path', 'atomic_write', 'tokenize_corpus',
-           'token_file_meta', 'load_tokens', 'PackedDataset', 'RowSampler', 'lr_at', 'get_device', 'autocast_for',
-           'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_checkpoint',
-           'rng_state', 'set_rng_state', 'TrainConfig', 'init_distributed', 'plot_losses', 'LivePlot', 'Trainer',
+           'token_file_meta', 'load_tokens', 'PackedDataset', 'lr_at', 'RowSampler', 'CheckpointError',
+           'save_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_checkpoint', 'rng_state', 'set_rng_state',
+           'get_device', 'autocast_for', 'TrainConfig', 'init_distributed', 'plot_losses', 'LivePlot', 'Trainer',
            'resolve_preset', 'stage_config', 'make_pretrainer', 'pretrain', 'unigram_entropy', 'record_outcome',
            'read_outcomes', 'outcome_table']
 
@@ -144,6 +144,18 @@ class PackedDataset:
         return (PackedDataset(self.tokens, self.seq_len, self.rows[:-n_val]),
                 PackedDataset(self.tokens, self.seq_len, self.rows[-n_val:]))
 
+# %% ../nbs/03_pretrain.ipynb #f21832f8
+def lr_at(step:int, # optimizer steps taken so far
+          max_steps:int, # total steps of the run
+          lr:float, # peak learning rate
+          warmup_steps:int=0, # linear warmup from ~0 to `lr`
+          min_lr_ratio:float=0.1, # the cosine ends at min_lr_ratio * lr
+         ) -> float:
+    "Linear warmup, then cosine decay to `min_lr_ratio*lr`: a pure function of the step, so resuming needs only the step."
+    if step < warmup_steps: return lr * (step + 1) / warmup_steps
+    t = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
 # %% ../nbs/03_pretrain.ipynb #d9a95325
 class RowSampler:
     "Deterministic, resumable order: a seeded permutation per epoch; its whole state is (epoch, pos)."
@@ -169,39 +181,6 @@ class RowSampler:
         if sd["n"] != self.n: raise ValueError(f"the data changed: the checkpoint was trained on {sd['n']:,} rows, this data packs into "
                                                f"{self.n:,} (another file, seq_len or held-out split); resume with the same data or start a new run folder")
         self.epoch, self.pos, self.seed = sd["epoch"], sd["pos"], sd["seed"]
-
-# %% ../nbs/03_pretrain.ipynb #f21832f8
-def lr_at(step:int, # optimizer steps taken so far
-          max_steps:int, # total steps of the run
-          lr:float, # peak learning rate
-          warmup_steps:int=0, # linear warmup from ~0 to `lr`
-          min_lr_ratio:float=0.1, # the cosine ends at min_lr_ratio * lr
-         ) -> float:
-    "Linear warmup, then cosine decay to `min_lr_ratio*lr`: a pure function of the step, so resuming needs only the step."
-    if step < warmup_steps: return lr * (step + 1) / warmup_steps
-    t = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
-    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
-
-# %% ../nbs/03_pretrain.ipynb #8d09a965
-def get_device(device:str="auto", # "auto" | "cpu" | "cuda" | "cuda:1" | "mps"
-              ) -> torch.device:
-    "The one device helper: resolve `auto`, pick this process's GPU under torchrun, turn TF32 on."
-    if device == "auto": device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if dev.index is None: dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(dev)
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for fp32 matmuls (~8x on Ampere)
-        torch.backends.cudnn.allow_tf32 = True
-    return dev
-
-def autocast_for(dev:torch.device, # the training device
-                 dtype:str="auto", # "auto" | "bf16" | "fp16" | "fp32"
-                ):
-    "bf16 autocast on CUDA; plain fp32 on CPU, whose cores lack bf16 units (~1.4 vs ~135 GFLOP/s measured here)."
-    if dtype == "auto": dtype = "bf16" if dev.type == "cuda" else "fp32"
-    if dtype == "fp32": return contextlib.nullcontext()
-    return torch.autocast(dev.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
 
 # %% ../nbs/03_pretrain.ipynb #e6f942a0
 class CheckpointError(RuntimeError): "A checkpoint file that is truncated, corrupt or not a checkpoint."
@@ -243,6 +222,27 @@ def set_rng_state(st:dict):
     npk, npmt, nppos, nphas, npg = st["numpy"]; np.random.set_state((npk, npmt.numpy().astype(np.uint32), nppos, nphas, npg))
     torch.set_rng_state(st["torch"])
     if "cuda" in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st["cuda"])
+
+# %% ../nbs/03_pretrain.ipynb #8d09a965
+def get_device(device:str="auto", # "auto" | "cpu" | "cuda" | "cuda:1" | "mps"
+              ) -> torch.device:
+    "The one device helper: resolve `auto`, pick this process's GPU under torchrun, turn TF32 on."
+    if device == "auto": device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if dev.index is None: dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(dev)
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for fp32 matmuls (~8x on Ampere)
+        torch.backends.cudnn.allow_tf32 = True
+    return dev
+
+def autocast_for(dev:torch.device, # the training device
+                 dtype:str="auto", # "auto" | "bf16" | "fp16" | "fp32"
+                ):
+    "bf16 autocast on CUDA; plain fp32 on CPU, where many chips only emulate bf16 (`dtype` overrides)."
+    if dtype == "auto": dtype = "bf16" if dev.type == "cuda" else "fp32"
+    if dtype == "fp32": return contextlib.nullcontext()
+    return torch.autocast(dev.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
 
 # %% ../nbs/03_pretrain.ipynb #6317e2bc
 @dataclass
@@ -349,7 +349,7 @@ class Trainer:
             self.fwd = DDP(model, device_ids=[self.dev.index] if self.dev.type == "cuda" else None)
         if cfg.compile: self.fwd = torch.compile(self.fwd)
         self.sampler = RowSampler(len(train_data), cfg.seed, cfg.shuffle)
-        self.step, self.history, self.eval_history, self.wandb_id = 0, [], [], None
+        self.step, self.history, self.eval_history, self.eval_metrics, self.wandb_id = 0, [], [], {}, None
         self.run_dir = Path(cfg.run_dir) if cfg.run_dir else None
         self.is_main = self.rank == 0
 
@@ -383,14 +383,16 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        "Mean held-out loss (the loss_fn's 'ce' metric when it reports one) over the first `eval_batches` batches."
+        "Mean held-out loss (the loss_fn's 'ce' metric when it reports one) over the first `eval_batches` batches; the means of all its metrics go to `eval_metrics`."
         if self.eval_data is None: return float("nan")
-        self.model.eval(); bs = self.cfg.batch_size; losses = []
+        self.model.eval(); bs = self.cfg.batch_size; losses, metrics = [], {}
         for i in range(0, min(len(self.eval_data), bs * self.cfg.eval_batches), bs):
             with autocast_for(self.dev, self.cfg.dtype):
                 loss, m = self.loss_fn(self.model, self._batch(self.eval_data, np.arange(i, min(i + bs, len(self.eval_data)))))
             losses.append(float(m.get("ce", loss)))
+            for k, v in m.items(): metrics.setdefault(k, []).append(float(v))
         self.model.train()
+        self.eval_metrics = {k: float(np.mean(v)) for k, v in metrics.items()}  # e.g. DPO's preference accuracy, KD's token accuracy
         return float(np.mean(losses))
 
     def state_dict(self) -> dict:
@@ -450,13 +452,13 @@ class Trainer:
         "Train to `max_steps`, evaluating, logging and checkpointing on the way."
         if resume: self.resume()
         self._start_logging()
-        if self.step == 0 and self.eval_data is not None: self.eval_history.append({"step": 0, "eval_loss": self.evaluate()})
+        if self.step == 0 and self.eval_data is not None: self.eval_history.append({"step": 0, "eval_loss": self.evaluate(), **self.eval_metrics})
         bar = tqdm(total=self.cfg.max_steps, initial=self.step, desc="train", disable=not (self.cfg.progress and self.is_main))
         self.model.train()
         while self.step < self.cfg.max_steps:
             rec = self.train_step(); self.history.append(rec); ev = None
             if self.eval_data is not None and self._eval_due():
-                ev = self.evaluate(); self.eval_history.append({"step": self.step, "eval_loss": ev})
+                ev = self.evaluate(); self.eval_history.append({"step": self.step, "eval_loss": ev, **self.eval_metrics})
             self._log(rec, ev)
             if self._ckpt_due(): self.save_checkpoint()
             bar.update(1); bar.set_postfix(loss=f"{rec['loss']:.3f}", **({"eval": f"{ev:.3f}"} if ev is not None else {}))
@@ -581,8 +583,10 @@ def _fmt(v, unit:str) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)): return "–"
     return f"{v:.1%}" if unit == "%" else f"{v:.3f}" if isinstance(v, float) else str(v)
 
+def _cell(text) -> str: return str(text).replace("|", "\\|")   # a pipe inside a table cell must be escaped
+
 def outcome_table(rows:list[dict]) -> str:
     "Markdown table of outcome rows: stage | metric | before | after."
     lines = ["| stage | metric | before | after |", "|---|---|---|---|"]
-    lines += [f"| {r.get('stage', '')} | {r['metric']} | {_fmt(r.get('before'), r.get('unit', ''))} | {_fmt(r.get('after'), r.get('unit', ''))} |" for r in rows]
+    lines += [f"| {r.get('stage', '')} | {_cell(r['metric'])} | {_fmt(r.get('before'), r.get('unit', ''))} | {_fmt(r.get('after'), r.get('unit', ''))} |" for r in rows]
     return "\n".join(lines)

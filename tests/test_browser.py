@@ -81,8 +81,7 @@ def lab(tmp_path):
         except subprocess.TimeoutExpired: proc.kill(); proc.wait()
 
 
-@pytest.fixture
-def chrome(tmp_path):
+def start_chrome(profile: Path):
     "Headless Chromium driven by Debian's chromedriver; background networking off (the network is closed)."
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -90,11 +89,40 @@ def chrome(tmp_path):
     opts.binary_location = str(CHROMIUM)
     for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-              "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chrome-profile'}", "--window-size=1400,1000"):
+              "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1400,1000"):
         opts.add_argument(a)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+
+
+@pytest.fixture
+def chrome(tmp_path):
+    "A headless Chromium for one test."
+    driver = start_chrome(tmp_path / "chrome-profile")
     try: yield driver
     finally: driver.quit()
+
+
+def png_pixels(data: bytes):
+    "A PNG's pixels as an (H, W, 3) uint8 array."
+    import io
+    import numpy as np
+    from PIL import Image
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def screenshot_of(driver, url: str, css: str, name: str, timeout: float = 60):
+    "Opens `url`, scrolls the element `css` into view once its image has loaded, and saves its screenshot as test-output/`name`."
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    driver.get(url)
+    el = WebDriverWait(driver, timeout).until(lambda d: d.find_elements(By.CSS_SELECTOR, css))[0]
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", el)
+    WebDriverWait(driver, timeout).until(lambda d: d.execute_script(
+        "const i = arguments[0].querySelector('img') || arguments[0]; return i.complete && i.naturalWidth > 0", el))
+    time.sleep(0.3)
+    data = el.screenshot_as_png
+    save_png(data, name)
+    return el, data
 
 
 def viewer_state(driver) -> dict:

@@ -205,3 +205,19 @@ def test_hf_config_dict():
     assert d["architectures"] == ["LlamaForCausalLM"] and d["tie_word_embeddings"] and d["rope_theta"] == 1e6
     assert d["rope_parameters"]["rope_type"] == "yarn" and d["rope_parameters"]["attention_factor"] == 1.0
     assert to_hf_config(MiniMindConfig.from_preset("minimind3"))["architectures"] == ["Qwen3ForCausalLM"]
+
+
+def test_kv_cache_in_place_grows_and_matches_legacy_tuples():
+    "KVCache: prefill then decode past its capacity (it grows), with grad enabled; a list of (k, v) tuples still works."
+    m = tiny()
+    ids = torch.randint(0, 256, (2, 12))
+    full = m(ids).logits
+    cache = KVCache(len(m.model.layers), capacity=4)              # too small: grows 4 -> 8 -> 16
+    out = [m(ids[:, :3], past_key_values=cache, use_cache=True).logits]
+    for t in range(3, 12): out.append(m(ids[:, t:t + 1], past_key_values=cache, use_cache=True).logits)
+    torch.testing.assert_close(torch.cat(out, 1), full, atol=1e-5, rtol=1e-5)
+    assert cache.len == 12 and cache.k.shape[3] == 16 and cache[0][0].shape == (2, 12, 2, 16)
+    legacy = [(k.clone(), v.clone()) for k, v in m(ids[:, :8], use_cache=True).past_key_values]
+    rest = m(ids[:, 8:], past_key_values=legacy, use_cache=True)
+    torch.testing.assert_close(rest.logits, full[:, 8:], atol=1e-5, rtol=1e-5)
+    assert rest.past_key_values.len == 12

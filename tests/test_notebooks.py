@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import LOWER_IS_BETTER, NB_TEST_PARAMS, NBS, NO_PARAMETERS, OUTCOME_FLOORS, course_notebooks, nb_id
+from conftest import LOWER_IS_BETTER, NB_TEST_PARAMS, NBS, NO_PARAMETERS, OUTCOME_FLOORS, SHARED_MODELS, course_notebooks, nb_id
 
 NOTEBOOKS = course_notebooks()
 PROBE = "mm_papermill_probe"  # an extra parameter papermill injects; the probe cell prints it back
@@ -89,11 +89,15 @@ def check_floors(stem: str, run_dir: Path):
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=nb_id)
-def test_notebook_runs(nb, tmp_path, nbs_untouched, record_property):
+def test_notebook_runs(nb, tmp_path, nbs_untouched, record_property, request):
     "papermill (cwd nbs/) runs the notebook with its test overrides; they reach it and steer its outputs."
     import papermill
     params = papermill.inspect_notebook(str(nb))
     overrides = {**NB_TEST_PARAMS.get(nb.stem, {}), PROBE: uuid.uuid4().hex}
+    wanted = {v[1:-1] for v in overrides.values() if isinstance(v, str) and v[1:-1] in SHARED_MODELS and v[0] + v[-1] == "{}"}
+    if wanted:
+        shared = request.getfixturevalue("shared_models")
+        overrides = {k: shared[v[1:-1]] if isinstance(v, str) and v[1:-1] in wanted and v[0] + v[-1] == "{}" else v for k, v in overrides.items()}
     run_dir = tmp_path / "run_dir"
     if "run_dir" in params: overrides["run_dir"] = str(run_dir)
     src = probe_copy(nb, tmp_path / nb.name, [PROBE] + (["run_dir"] if "run_dir" in params else []))

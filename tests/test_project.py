@@ -1,9 +1,11 @@
 """The project's shape: nbdev 3 config in pyproject.toml, notebooks that export existing modules, and a docs
-site whose config parses and whose notebook processing (what `nbdev-docs` does before quarto) works."""
+site whose config parses, whose notebook processing (what `nbdev-docs` does before quarto) works, and which, where
+quarto is installed (CI installs it), builds with every notebook's page, figures and attention map in place."""
 import importlib
 import re
 import shutil
 import subprocess
+import time
 import tomllib
 
 import nbformat
@@ -156,16 +158,62 @@ def test_docs_processing_without_quarto(project_copy):
         assert front.cell_type == "raw" and "title:" in front.source, f"{rel}: no title in the page's front matter"
 
 
-@pytest.mark.skipif(shutil.which("quarto") is None, reason="quarto is not on PATH (not installable here): site build skipped")
-def test_nbdev_docs_builds_site(project_copy):
-    "Where quarto is installed, `nbdev-docs` renders the whole site."
+def page_of(nb, proc) -> str:
+    "The site page of notebook `nb`: nbdev names it in the processed notebook's front matter (`output-file`)."
+    front = nbformat.read(proc / nb.relative_to(NBS), as_version=4).cells[0].source
+    page = re.search(r"^output-file:\s*(\S+)", front, re.M)
+    return (nb.relative_to(NBS).parent / (page.group(1) if page else nb.with_suffix(".html").name)).as_posix()
+
+
+def shown_figures(nb) -> int:
+    "Image outputs of the cells a page shows (not `#| hide`, not `#| echo: false` without output, ...)."
+    book = nbformat.read(nb, as_version=4)
+    return sum(1 for c in book.cells if c.cell_type == "code" and not re.search(r"^#\|\s*(hide|include:\s*false|output:\s*false)", c.source, re.M)
+               for o in c.get("outputs", []) if "image/png" in o.get("data", {}))
+
+
+FALLBACKS = ("VBox(children=", "HBox(children=", "IntSlider(value=", "FloatLogSlider(value=", "Output(outputs=")  # a widget shown as text
+ATTENTION_MAP = "#fig-attention-maps"  # the labelled figure of all attention maps in 01_attention_rope
+
+
+@pytest.mark.skipif(shutil.which("quarto") is None, reason="quarto is not on PATH (.ci/run installs it with ../shared/quarto/install.sh)")
+def test_docs_site(project_copy, record_property):
+    """`nbdev-docs` renders the site: a page per notebook, every figure of a notebook an image on its page, no Python
+    traceback and no widget shown as text on any page, and Chromium shows the attention map on the attention page."""
     nbdev_docs = ROOT / ".venv" / "bin" / "nbdev-docs"
-    cmd = [str(nbdev_docs)] if nbdev_docs.exists() else ["nbdev-docs"]
-    subprocess.run(cmd, cwd=project_copy, check=True, timeout=900)
-    site = project_copy / NBDEV.get("doc_path", "_docs")
+    t0 = time.time()
+    # --n-workers 1: one quarto process renders every page; two each pay quarto's start-up and take twice as long on 2 cores
+    r = subprocess.run([str(nbdev_docs) if nbdev_docs.exists() else "nbdev-docs", "--n-workers", "1"], cwd=project_copy,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"nbdev-docs failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    record_property("seconds", round(time.time() - t0, 1))
+    site, proc = project_copy / NBDEV.get("doc_path", "_docs"), project_copy / "_proc"
     assert (site / "index.html").exists()
-    for nb in NOTEBOOKS:  # nbdev names each page in the front matter (`output-file`, number prefix dropped)
-        front = nbformat.read(project_copy / "_proc" / nb.relative_to(NBS), as_version=4).cells[0].source
-        page = re.search(r"^output-file:\s*(\S+)", front, re.M)
-        html = nb.relative_to(NBS).parent / (page.group(1) if page else nb.with_suffix(".html").name)
-        assert (site / html).exists(), f"no page {html} for {nb.name}"
+    bad = []
+    for nb in NOTEBOOKS:
+        page = site / page_of(nb, proc)
+        if not page.exists(): bad.append(f"{nb.name}: no page {page.relative_to(site)}"); continue
+        html = page.read_text(encoding="utf-8")
+        figs = [src for src in re.findall(r'<img[^>]+src="([^"]+)"', html) if "figure-html" in src]
+        missing = [src for src in figs if not (page.parent / src).exists()]
+        want = shown_figures(nb)
+        if len(figs) < want or missing: bad.append(f"{nb.name}: {len(figs)} figures on the page for {want} image outputs; missing files {missing[:3]}")
+        text = re.sub(r"<script.*?</script>", "", html, flags=re.S)  # widget state is JSON in a script, not page text
+        if "Traceback (most recent call last)" in text or "cell-output-error" in text: bad.append(f"{nb.name}: a Python traceback on the page")
+        shown = [f for f in FALLBACKS if f in text]
+        if shown: bad.append(f"{nb.name}: widget fallback text {shown} on the page")
+    for extra in sorted(site.rglob("*.md")):  # alternate formats of the pages, if the config renders any
+        shown = [f for f in FALLBACKS if f in extra.read_text(encoding="utf-8")]
+        if shown: bad.append(f"{extra.relative_to(site)}: widget fallback text {shown}")
+    assert not bad, "\n".join(bad)
+
+    from test_browser import CHROMEDRIVER, CHROMIUM, png_pixels, screenshot_of, start_chrome
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()): pytest.skip("site checked; no Chromium for the screenshot (`make browser`)")
+    attention = next(nb for nb in NOTEBOOKS if nb.stem == "01_attention_rope")
+    driver = start_chrome(project_copy / "chrome-profile")
+    try: el, png = screenshot_of(driver, (site / page_of(attention, proc)).as_uri(), ATTENTION_MAP, "docs_attention_maps.png")
+    finally: driver.quit()
+    px = png_pixels(png)
+    assert px.shape[0] > 200 and px.shape[1] > 300, f"the attention map is drawn {px.shape[1]}x{px.shape[0]} px"
+    colours = len({tuple(c) for c in px.reshape(-1, 3)[:: max(1, px.size // 3 // 50_000)]})
+    assert colours > 50 and px.std() > 20, f"the screenshot looks blank ({colours} colours, std {px.std():.1f})"

@@ -228,3 +228,18 @@ def test_wandb_offline_and_disabled_need_no_network(token_file, tmp_path, monkey
     assert runs and list(runs[0].glob("*.wandb")), "offline mode must write a local run to sync later"
     Trainer(micro_model(), ds, cfg=quiet_cfg(max_steps=2, batch_size=2, run_dir=str(tmp_path / "dis"), wandb_mode="disabled")).fit()
     assert not (tmp_path / "dis" / "wandb").exists()
+
+
+def test_outcomes_are_written_atomically_and_tabled_in_stage_order(tmp_path):
+    from minimind.train import outcome_table, read_outcomes, record_outcome
+    record_outcome(tmp_path / "04_sft", "sft", [{"metric": "held-out loss", "before": 3.4, "after": 0.84, "unit": "nats"},
+                                                 {"metric": "facts", "before": 0.083, "after": 0.427, "unit": "%"}])
+    record_outcome(tmp_path / "03_pretrain", "pretrain", [{"metric": "facts", "before": 0.0, "after": 0.51, "unit": "%"},
+                                                           {"metric": "facts, en", "before": None, "after": 0.9, "unit": "%"}])
+    rows = read_outcomes(tmp_path)
+    assert [r["stage"] for r in rows] == ["pretrain", "pretrain", "sft", "sft"]
+    table = outcome_table(rows).splitlines()
+    assert table[0] == "| stage | metric | before | after |" and len(table) == 2 + 4
+    assert table[2] == "| pretrain | facts | 0.0% | 51.0% |" and table[3] == "| pretrain | facts, en | – | 90.0% |"
+    assert table[4] == "| sft | held-out loss | 3.400 | 0.840 |"
+    assert not list(tmp_path.rglob(".tmp-*"))
