@@ -15,16 +15,16 @@ import torch.nn.functional as F
 from .data import arith_problem, iter_jsonl, sample_path, write_jsonl
 from .model import MiniMindForCausalLM
 from .score import by_lang, chat_replies, generate_batch, label_logprobs, pad_batch
-from .sft import SFTData, SFTDataset, base_model, load_sft, sft
+from .sft import SFTData, SFTDataset, base_model, chat_base, load_sft
 from .tokenizer import EOS_ID, SPECIAL_TOKENS, THINK_TOKENS, encode_chat, load_tokenizer
 from .train import Trainer, autocast_for, list_checkpoints, load_checkpoint, record_outcome, resolve_preset, stage_config
 
 # %% auto #0
 __all__ = ['TAG_IDS', 'REASON_RE', 'QUESTION', 'THINKING', 'REASON_PRESETS', 'GRPO_PRESETS', 'parse_reasoning', 'final_number',
            'score_reply', 'solve_steps', 'worked_chat', 'ask', 'fresh_expressions', 'question_expr', 'arith_probes',
-           'reason_measures', 'chat_base', 'weighted_lm_loss', 'concat_sft', 'load_chats', 'eval_expressions',
-           'make_reason_trainer', 'checkpoint_measures', 'group_advantages', 'kl_k3', 'grpo_loss', 'reasoning_reward',
-           'GRPORollouts', 'reason_base', 'load_problems', 'make_grpo_trainer', 'reason', 'grpo']
+           'reason_measures', 'weighted_lm_loss', 'concat_sft', 'load_chats', 'eval_expressions', 'make_reason_trainer',
+           'checkpoint_measures', 'group_advantages', 'kl_k3', 'grpo_loss', 'reasoning_reward', 'GRPORollouts',
+           'reason_base', 'load_problems', 'make_grpo_trainer', 'reason', 'grpo']
 
 # %% ../nbs/07_reason.ipynb #c0978311
 TAG_IDS = tuple(SPECIAL_TOKENS.index(t) for t in THINK_TOKENS)  # <think>, </think>, <answer>, </answer>: single tokens, ids 3-6
@@ -117,19 +117,11 @@ def reason_measures(model, tok, probes:list[dict], # problem rows (`ask`, `arith
     return out | {"exact_by_lang": by_lang(rows, "exact"), "rows": rows}
 
 REASON_PRESETS = {  # reasoning SFT from a chat model; `fresh`: calculator-worked problems added to the data; TrainConfig fields
-    "tiny":   dict(seq_len=128, max_steps=60, batch_size=16, lr=2e-3, warmup_steps=5, eval_every=20, ckpt_every=20, keep_ckpts=100, fresh=300, sft_preset="tiny"),
-    "course": dict(seq_len=128, max_steps=200, batch_size=16, lr=2e-3, warmup_steps=10, eval_every=25, ckpt_every=25, keep_ckpts=100, fresh=3000, sft_preset="course"),
+    "tiny":   dict(seq_len=128, max_steps=80, batch_size=8, lr=2e-3, warmup_steps=5, eval_every=20, ckpt_every=10, keep_ckpts=100, fresh=1000, sft_preset="tiny"),
+    "course": dict(seq_len=128, max_steps=80, batch_size=8, lr=2e-3, warmup_steps=5, eval_every=20, ckpt_every=10, keep_ckpts=100, fresh=3000, sft_preset="course"),
     "r1":     dict(seq_len=1024, epochs=1, batch_size=16, grad_accum=8, lr=5e-5, warmup_steps=100, eval_every=500, ckpt_every=500, fresh=0, sft_preset="zero"),
 }
 
-def chat_base(init_from=None, # the SFT model folder
-              sft_preset:str="tiny", # the fallback SFT's preset (SFT_PRESETS)
-              run_dir=None, cache_dir=None, device:str="cpu") -> MiniMindForCausalLM:
-    "The chat model reasoning starts from: `init_from` if it exists, else a quick SFT on the bundled sample (which pretrains first)."
-    def fallback():
-        return sft(sample_path("sft"), sft_preset, eval_path=sample_path("sft_eval"), run_dir=Path(run_dir)/"base" if run_dir else None,
-                   cache_dir=cache_dir, device=device, progress=False, live_plot=False).model
-    return base_model(init_from, fallback, f"an SFT model (preset {sft_preset!r})")
 
 # %% ../nbs/07_reason.ipynb #d8cbff43
 def weighted_lm_loss(model, batch:dict, # {'input_ids', 'labels'} (B, T), labels shifted, -100 = ignore (+ optional 'attention_mask', 'position_ids')
@@ -284,9 +276,9 @@ class GRPORollouts:
 
 # %% ../nbs/07_reason.ipynb #1c31a037
 GRPO_PRESETS = {  # GRPO from a reasoning model; batch_size = prompts per step, group_size = answers per prompt; TrainConfig fields
-    "tiny":   dict(max_steps=6, batch_size=4, group_size=4, max_new_tokens=48, temperature=1.0, lr=1e-4, beta=0.04, clip_eps=0.2,
+    "tiny":   dict(max_steps=4, batch_size=4, group_size=4, max_new_tokens=48, temperature=1.0, lr=1e-4, beta=0.04, clip_eps=0.2,
                    format_weight=0.1, fresh=500, ckpt_every=3, keep_ckpts=100, weight_decay=0.0, warmup_steps=0, min_lr_ratio=1.0, reason_preset="tiny"),
-    "course": dict(max_steps=16, batch_size=8, group_size=8, max_new_tokens=64, temperature=1.0, lr=1e-4, beta=0.04, clip_eps=0.2,
+    "course": dict(max_steps=12, batch_size=8, group_size=8, max_new_tokens=64, temperature=1.0, lr=1e-4, beta=0.04, clip_eps=0.2,
                    format_weight=0.1, fresh=4000, ckpt_every=4, keep_ckpts=100, weight_decay=0.0, warmup_steps=0, min_lr_ratio=1.0, reason_preset="course"),
     "long":   dict(max_steps=300, batch_size=16, group_size=8, max_new_tokens=64, temperature=1.0, lr=1e-4, beta=0.04, clip_eps=0.2,
                    format_weight=0.1, fresh=20000, ckpt_every=25, keep_ckpts=100, weight_decay=0.0, warmup_steps=0, min_lr_ratio=1.0, reason_preset="course"),

@@ -26,6 +26,7 @@ NB_TEST_PARAMS = {
     "09_serve": {"max_clients": 4, "bench_tokens": 16},
     "09a_webui": {"browser": False},  # tests/test_webui.py drives the page in Chromium
     "06_dpo": {"preset": "tiny", "init_from": None},          # None: a quick tiny SFT (after a tiny pretraining) first
+    "07_reason": {"preset": "tiny", "grpo_preset": "tiny", "init_from": "{sft}", "n_eval": 50, "check_steps": 8},
     "08_distill": {"preset": "tiny", "init_from": None, "sweep_steps": 3},   # the teacher: a quick tiny SFT
 }
 
