@@ -65,6 +65,17 @@ TRAIN_STAGES = {  # stage -> its library function, presets, default sample files
                     args=[("--student", dict(help="'half' (every other teacher layer, copied), a model preset name (fresh) or a model folder")),
                           ("--temperature", dict(type=float, help="softening temperature T (default: the preset's)")),
                           ("--alpha", dict(type=float, help="weight of the data's cross-entropy; 1 - alpha on the KL (default: the preset's, 0.5)"))]),
+    "reason": dict(run="minimind.reason:reason", presets="minimind.reason:REASON_PRESETS", data="reason", eval="arith_eval",
+                   help="reasoning SFT: <think>…</think><answer>…</answer> replies from worked solutions (notebook 07)",
+                   init="the SFT chat model folder (default: a quick SFT on the sample first)",
+                   args=[("--tag-weight", dict(type=float, help="loss weight of the <think>/<answer> tag tokens (default 1; MiniMind: 10)")),
+                         ("--fresh", dict(type=int, help="calculator-worked arithmetic problems added to the data (default: the preset's)"))]),
+    "grpo": dict(run="minimind.reason:grpo", presets="minimind.reason:GRPO_PRESETS", data="reason", eval="arith_eval",
+                 help="GRPO: reinforcement learning with a reward a program checks, on arithmetic (notebook 07)",
+                 init="the reasoning model folder (default: a quick reasoning SFT on the sample first)",
+                 args=[("--fresh", dict(type=int, help="arithmetic problems from the sample's generator added to --data's (default: the preset's)")),
+                       ("--group-size", dict(type=int, help="answers sampled per prompt (G)")),
+                       ("--beta", dict(type=float, help="weight of the KL penalty to the starting model"))]),
 }
 
 def _ref(ref:str):
@@ -113,7 +124,8 @@ def run_train(a:argparse.Namespace) -> int:
                        progress=not a.no_progress, live_plot=False, **extra)
     if t.is_main:
         ev = t.eval_history[-1]["eval_loss"] if t.eval_history else float("nan")
-        print(f"step {t.step}: train loss {t.history[-1]['loss']:.3f}, held-out {ev:.3f}; {s.get('saves', 'model')} in {Path(a.out)/s.get('saves', 'model')} ({time.time() - t0:.0f} s)")
+        held = f", held-out {ev:.3f}" if ev == ev else ""                                 # a stage without a held-out loss (GRPO) says nothing
+        print(f"step {t.step}: train loss {t.history[-1]['loss']:.3f}{held}; {s.get('saves', 'model')} in {Path(a.out)/s.get('saves', 'model')} ({time.time() - t0:.0f} s)")
     return 0
 
 # %% ../nbs/99_cli.ipynb #9b7c2e02
