@@ -25,9 +25,9 @@ NB_TEST_PARAMS = {
                   "run_lm_eval": False},                      # tests/test_export.py runs lm-eval itself
     "09_serve": {"max_clients": 4, "bench_tokens": 16},
     "09a_webui": {"browser": False},  # tests/test_webui.py drives the page in Chromium
-    "06_dpo": {"preset": "tiny", "init_from": None},          # None: a quick tiny SFT (after a tiny pretraining) first
+    "06_dpo": {"preset": "tiny", "init_from": "{sft}"},
     "07_reason": {"preset": "tiny", "grpo_preset": "tiny", "init_from": "{sft}", "n_eval": 50},
-    "08_distill": {"preset": "tiny", "init_from": None, "sweep_steps": 3},   # the teacher: a quick tiny SFT
+    "08_distill": {"preset": "tiny", "init_from": "{sft}", "sweep_steps": 3},
 }
 
 # What each training stage must show on its test run: metric -> (lowest `after`, lowest `after - before`), read from
@@ -37,6 +37,8 @@ OUTCOME_FLOORS = {
     "03_pretrain": {"held-out loss (nats/token)": (6.5, 1.5)},
     "04_sft": {"held-out SFT loss (reply tokens)": (2.3, 0.5),                   # tiny, measured: 2.71 -> 1.89
                "replies that stop (end with the end-of-turn token)": (0.3, 0.2)},  # tiny, measured: 17% -> 49%
+    "05_lora": {"identity adapter: says it is Lumen": (0.9, 0.9),                                 # tiny, measured: 0% -> 100%
+                "domain: choosing among 3, held-out (adapter)": (0.4, 0.05)},                     # tiny, measured: 34.6% -> 48.7%
     "06_dpo": {"held-out pairs: preference accuracy (implicit reward, chosen > rejected)": (0.8, 0.3),
                "held-out pairs: DPO loss": (0.6, 0.1),
                "held-out questions: polite share of the openings' probability": (0.6, 0.05)},
