@@ -270,8 +270,8 @@ def add_course_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="*", default=[], help="notebook stems or numbers to run (default: all stages)")
     p.add_argument("--steps", type=int, help="override the pretraining steps (default: the 'course' preset)")
     p.add_argument("--jobs", type=int, default=2, help="notebooks run at once (default 2, one per core of a 2-core machine)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per notebook (default 1: on a busy 2-core machine two threads "
-                   "each waiting for the other ran 3-5x slower; 0 = all cores, for --jobs 1 on an idle machine)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per notebook run beside another (default 1: on a busy 2-core machine "
+                   "two threads each waiting for the other ran 3-5x slower; 0 = all cores); a stage others wait for runs alone on all cores")
     p.add_argument("--no-chat", action="store_true")
     return p
 
@@ -286,7 +286,8 @@ def run_course(a:argparse.Namespace) -> int:
     if not nbs: raise CLIError(f"minimind course: no stage notebook in {nbs_dir} matches --only {' '.join(a.only)}")
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)} if a.threads else {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     up = {nb.stem: starts_from(nb) for nb in nbs}
-    needed = set(up.values())                                  # stages others wait for: they start first
+    needed = set(up.values())                                  # stages others wait for: first, alone, on every core
+    alone_env = {**os.environ, "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
     pending = sorted(nbs, key=lambda nb: (nb.stem not in needed, nb.name))
     out.mkdir(parents=True, exist_ok=True); t_all, times, running, failed = time.time(), {}, {}, []
     clock = lambda: f"[{time.time() - t_all:5.0f} s]"
@@ -296,12 +297,14 @@ def run_course(a:argparse.Namespace) -> int:
             if src in failed:
                 pending.remove(nb); failed.append(nb.stem); print(f"{clock()} {nb.name} skipped: {src} failed", flush=True); continue
             if len(running) >= max(1, a.jobs) or src in running or any(p.stem == src for p in pending): continue
+            if running and (nb.stem in needed or any(s in needed for s in running)): continue
             model = out/src/"model" if src else None
             params = {"run_dir": str(out/nb.stem), "device": "cpu", **COURSE_PARAMS.get(nb.stem, {})}
             if model and (model/"config.json").exists(): params["init_from"] = str(model)
             if a.steps and nb.stem == "03_pretrain": params["steps"] = a.steps
             log = open(out/f"{nb.stem}.log", "w")
-            proc = subprocess.Popen(notebook_command(nb, out/nb.name, params, nbs_dir), stdout=log, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.Popen(notebook_command(nb, out/nb.name, params, nbs_dir), stdout=log, stderr=subprocess.STDOUT,
+                                    env=alone_env if nb.stem in needed else env)
             running[nb.stem] = (proc, time.time(), log); pending.remove(nb)
             print(f"{clock()} {nb.name} ..." + (f" (from {src})" if "init_from" in params else ""), flush=True)
         for stem, (proc, t0, log) in list(running.items()):
