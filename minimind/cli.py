@@ -247,16 +247,17 @@ def notebook_command(nb:Path, out_nb:Path, params:dict, nbs_dir:Path) -> list[st
     return [sys.executable, "-m", "papermill", str(nb), str(out_nb), "-y", json.dumps(params), "--cwd", str(nbs_dir),
             "--no-progress-bar", "--log-level", "WARNING"]
 
-def course_chat(model_dir, facts_path, chat:bool=True, n:int=3):
-    "The main job's last words: questions about held-out facts (chat form), or completions for a pretrained-only model."
+def course_chat(model_dir, facts_path, chat:bool=True, n:int=2):
+    "The main job's last words: `n` held-out facts per language, asked in chat form (or completed, for a pretrained-only model)."
     import random
     from minimind.data import iter_jsonl
     from minimind.score import complete
     model, tok = load_for_chat(model_dir, "cpu")
     style = "ask" if chat else "complete"
     facts = [f for f in iter_jsonl(facts_path, kind="eval") if f.get("style") == style and f.get("split") == "pretrain_only"]
-    facts = random.Random(0).sample(facts, n)
-    print(f"\n--- chat with {model_dir} ---")
+    rng = random.Random(0)                                    # the same facts every run, both languages shown
+    facts = [f for lang in sorted({f["lang"] for f in facts}) for f in rng.sample([f for f in facts if f["lang"] == lang], n)]
+    print(f"\n--- chat with {model_dir}: {n} held-out facts per language, a sample (the table above is the measure) ---")
     if not chat:
         for f, c in zip(facts, complete(model, tok, [f["prompt"] for f in facts], max_new_tokens=12)):
             print(f"> {f['prompt']}\n{f['prompt']}{c}   [expected: {f['answer']}]")
