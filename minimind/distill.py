@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from .model import PRESETS, MiniMindConfig, MiniMindForCausalLM
 from .sft import SFTDataset, chat_base, load_sft
 from .tokenizer import load_tokenizer
-from .train import Trainer, get_device, resolve_preset, stage_config
+from .train import Trainer, fit_and_save, get_device, resolve_preset, stage_config
 
 # %% auto #0
 __all__ = ['DISTILL_PRESETS', 'kd_kl', 'copy_layers', 'make_student', 'kd_loss', 'make_distill_trainer', 'distill']
@@ -103,6 +103,4 @@ def make_distill_trainer(data_path, # training conversations JSONL (the SFT data
 
 def distill(data_path, preset:str="tiny", resume:bool=False, **kwargs) -> Trainer:
     "A whole distillation run: fit the student, then save run_dir/model (safetensors + config.json + tokenizer)."
-    trainer = make_distill_trainer(data_path, preset, **kwargs).fit(resume=resume)
-    if trainer.run_dir: trainer.save_model(trainer.run_dir/"model", trainer.tok)
-    return trainer
+    return fit_and_save(make_distill_trainer(data_path, preset, **kwargs), resume)

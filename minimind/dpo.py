@@ -17,7 +17,7 @@ from .model import MiniMindForCausalLM
 from .score import chat_replies, label_logprobs, pad_batch, sequence_logprobs
 from .sft import SFTData, SFTDataset, chat_base, encode_sft, load_sft, sft
 from .tokenizer import load_tokenizer
-from .train import Trainer, TrainConfig, causal_lm_loss, get_device, resolve_preset, stage_config
+from .train import Trainer, TrainConfig, causal_lm_loss, fit_and_save, get_device, resolve_preset, stage_config
 
 # %% auto #0
 __all__ = ['DPO_PRESETS', 'TIE', 'STYLE_MARKERS', 'dpo_loss_from_logps', 'dpo_prompt', 'encode_reply', 'DPOData', 'load_dpo',
@@ -239,6 +239,4 @@ def make_dpo_trainer(data_path, # training pairs JSONL
 
 def dpo(data_path, preset:str="tiny", resume:bool=False, **kwargs) -> Trainer:
     "A whole DPO run: fit, then save run_dir/model (safetensors + config.json + tokenizer)."
-    trainer = make_dpo_trainer(data_path, preset, **kwargs).fit(resume=resume)
-    if trainer.run_dir: trainer.save_model(trainer.run_dir/"model", trainer.tok)
-    return trainer
+    return fit_and_save(make_dpo_trainer(data_path, preset, **kwargs), resume)

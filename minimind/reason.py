@@ -17,7 +17,7 @@ from .model import MiniMindForCausalLM
 from .score import by_lang, chat_replies, generate_batch, label_logprobs, pad_batch
 from .sft import SFTData, SFTDataset, base_model, chat_base, load_sft
 from .tokenizer import EOS_ID, SPECIAL_TOKENS, THINK_TOKENS, encode_chat, load_tokenizer
-from .train import Trainer, autocast_for, list_checkpoints, load_checkpoint, record_outcome, resolve_preset, stage_config
+from .train import Trainer, autocast_for, fit_and_save, list_checkpoints, load_checkpoint, record_outcome, resolve_preset, stage_config
 
 # %% auto #0
 __all__ = ['TAG_IDS', 'REASON_RE', 'QUESTION', 'THINKING', 'REASON_PRESETS', 'GRPO_PRESETS', 'parse_reasoning', 'final_number',
@@ -335,9 +335,8 @@ def _finish_stage(trainer:Trainer, stage:str, eval_path, resume:bool) -> Trainer
     "Fit, save run_dir/model; with held-out problems, measure them before and after into run_dir/outcome.json."
     probes = arith_probes(eval_path) if eval_expressions(eval_path) else []
     before = reason_measures(trainer.model, trainer.tok, probes) if probes and trainer.is_main else None
-    trainer.fit(resume=resume)
+    fit_and_save(trainer, resume)
     if trainer.run_dir and trainer.is_main:
-        trainer.save_model(trainer.run_dir/"model", trainer.tok)
         if probes:
             after = reason_measures(trainer.model, trainer.tok, probes)
             record_outcome(trainer.run_dir, stage, [{"metric": f"held-out arithmetic: {name}", "before": before[k], "after": after[k], "unit": "%"}

@@ -15,7 +15,7 @@ from .data import DataError, IDENTITY, iter_jsonl, sample_path
 from .model import MiniMindConfig, MiniMindForCausalLM
 from .score import by_lang, chat_replies, first_choice, load_probes
 from .tokenizer import BOS_TOKEN, EOS_ID, EOS_TOKEN, PAD_ID, load_tokenizer
-from .train import Trainer, causal_lm_loss, pretrain, record_outcome, resolve_nb_path, resolve_preset, stage_config
+from .train import Trainer, causal_lm_loss, fit_and_save, pretrain, record_outcome, resolve_nb_path, resolve_preset, stage_config
 
 # %% auto #0
 __all__ = ['SFT_PRESETS', 'chat_spans', 'encode_sft', 'plot_sft_mask', 'SFTData', 'load_sft', 'pack_rows', 'SFTDataset',
@@ -207,9 +207,7 @@ def make_sft_trainer(data_path, # training conversations JSONL
 
 def sft(data_path, preset:str="tiny", resume:bool=False, **kwargs) -> Trainer:
     "A whole SFT run: fit, then save run_dir/model (safetensors + config.json + tokenizer)."
-    trainer = make_sft_trainer(data_path, preset, **kwargs).fit(resume=resume)
-    if trainer.run_dir: trainer.save_model(trainer.run_dir/"model", trainer.tok)
-    return trainer
+    return fit_and_save(make_sft_trainer(data_path, preset, **kwargs), resume)
 
 def chat_base(init_from=None, # a chat model folder (this notebook's SFT model, or a later stage's)
               sft_preset:str|None="tiny", # the SFT_PRESETS name of the quick SFT that makes one when init_from is missing (None: init_from must exist)

@@ -25,8 +25,8 @@ __all__ = ['PRETRAIN_PRESETS', 'resolve_nb_path', 'causal_lm_loss', 'token_cache
            'token_file_meta', 'load_tokens', 'PackedDataset', 'lr_at', 'RowSampler', 'CheckpointError',
            'save_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_checkpoint', 'rng_state', 'set_rng_state',
            'get_device', 'autocast_for', 'TrainConfig', 'init_distributed', 'plot_losses', 'LivePlot', 'Trainer',
-           'resolve_preset', 'stage_config', 'make_pretrainer', 'pretrain', 'unigram_entropy', 'record_outcome',
-           'read_outcomes', 'outcome_table']
+           'resolve_preset', 'stage_config', 'make_pretrainer', 'fit_and_save', 'pretrain', 'unigram_entropy',
+           'record_outcome', 'read_outcomes', 'outcome_table']
 
 # %% ../nbs/03_pretrain.ipynb #0c04c164
 def resolve_nb_path(p, # a notebook parameter path
@@ -544,15 +544,19 @@ def make_pretrainer(data_path, # training JSONL ({"text"} per line)
     trainer.tok = tok
     return trainer
 
+def fit_and_save(trainer:Trainer, resume:bool=False) -> Trainer:
+    "Fit, then save run_dir/model with the trainer's tokenizer: how every stage that trains a whole model ends."
+    trainer.fit(resume=resume)
+    if trainer.run_dir: trainer.save_model(trainer.run_dir/"model", trainer.tok)
+    return trainer
+
 def pretrain(data_path, # training JSONL
              preset:str="tiny", # a PRETRAIN_PRESETS name
              resume:bool=False, # continue from the newest checkpoint in run_dir
              **kwargs, # everything `make_pretrainer` takes
             ) -> Trainer:
     "A whole pretraining run: fit, then save run_dir/model (safetensors + config.json + tokenizer)."
-    trainer = make_pretrainer(data_path, preset, **kwargs).fit(resume=resume)
-    if trainer.run_dir: trainer.save_model(trainer.run_dir/"model", trainer.tok)
-    return trainer
+    return fit_and_save(make_pretrainer(data_path, preset, **kwargs), resume)
 
 # %% ../nbs/03_pretrain.ipynb #6c81a797
 def unigram_entropy(tokens, # 1-D token ids (array or memmap)
