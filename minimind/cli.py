@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse, importlib, json, os, re, subprocess, sys, time
 from pathlib import Path
 from .export import add_export_args, run_export
+from .score import stream_reply
 
 # %% auto #0
 __all__ = ['REPO_URL', 'TRAIN_STAGES', 'COURSE_PARAMS', 'CHAT_STAGES', 'CLIError', 'check_files', 'repo_root', 'stage_notebooks',
-           'add_train_args', 'run_train', 'add_sample_args', 'run_sample', 'add_chat_args', 'load_for_chat',
-           'stream_reply', 'run_chat', 'add_serve_args', 'run_serve', 'run_webui', 'starts_from', 'notebook_command',
-           'course_chat', 'add_course_args', 'run_course', 'user_error', 'build_parser', 'main']
+           'add_train_args', 'run_train', 'add_sample_args', 'run_sample', 'add_chat_args', 'load_for_chat', 'run_chat',
+           'add_serve_args', 'run_serve', 'run_webui', 'starts_from', 'notebook_command', 'course_chat',
+           'add_course_args', 'run_course', 'user_error', 'build_parser', 'main']
 
 # %% ../nbs/99_cli.ipynb #0342d632
 REPO_URL = "https://github.com/minimind-course/minimind"  # the course checkout: notebooks, dataset/, tests
@@ -169,20 +170,6 @@ def load_for_chat(folder, device="auto",
         from minimind.lora import load_adapter
         model = load_adapter(model, adapter, merge=True).eval()
     return model.to(get_device(device)), tok
-
-def stream_reply(model, tok, text:str, raw:bool=False, max_new_tokens:int=128, temperature:float=0.7, top_p:float=0.85,
-                 out=None) -> str:
-    "Print the model's reply to `text` token by token (chat template unless `raw`) to `out` (default: sys.stdout at call time); returns the reply."
-    out = out or sys.stdout
-    from minimind.tokenizer import BOS_ID, encode_chat
-    ids = [BOS_ID] + tok.encode(text, add_special_tokens=False).ids if raw else encode_chat(tok, [{"role": "user", "content": text}], add_generation_prompt=True)
-    from minimind.serve import StreamDecoder
-    dec = StreamDecoder(tok)               # holds back a UTF-8 character split over tokens until it is whole
-    for t in model.stream_generate(ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p):
-        if t == model.config.eos_token_id: break
-        out.write(dec.push(t)); out.flush()
-    out.write(dec.flush() + "\n")
-    return dec.shown
 
 def run_chat(a:argparse.Namespace) -> int:
     "`minimind chat`: answer --prompt(s), or chat interactively until EOF / 'exit'."

@@ -138,13 +138,8 @@ REMOTE_OBJECTS = [mm.MiniMindConfig, mm.RMSNorm, mm.rope_inv_freq, mm.rope_cos_s
                   mmoe.load_balance_loss, mmoe.Routing, mmoe.MoEGate, mmoe.dispatch, mmoe.MOEFeedForward]
 
 def _remote_source(obj) -> str:
-    "Source of one object for the shipped file (in one file MOEFeedForward is a global: make_mlp's import goes)."
-    src = inspect.getsource(obj)
-    if obj is mm.make_mlp:
-        line = "    from minimind.moe import MOEFeedForward\n"
-        if line not in src: raise RuntimeError("minimind.model.make_mlp changed: update minimind.export._remote_source")
-        src = src.replace(line, "")
-    return src
+    "Source of one object for the shipped file."
+    return inspect.getsource(obj)
 
 def _undefined_globals(src:str) -> set[str]:
     "Global names the code in `src` uses but neither defines nor imports (symtable: Python's own scope analysis)."

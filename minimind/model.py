@@ -13,6 +13,7 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from .moe import MOEFeedForward
 
 # %% auto #0
 __all__ = ['PRESETS', 'DERIVED_KEYS', 'repeat_kv', 'attention_mask_4d', 'explicit_attention', 'RMSNorm', 'rope_cos_sin',
@@ -269,10 +270,8 @@ class CausalLMOutput:
     attentions: tuple|None = None             # per layer (B, H, T, S), when output_attentions
 
 def make_mlp(config:MiniMindConfig) -> nn.Module:
-    "SwiGLU FeedForward, or minimind.moe's MOEFeedForward when config.use_moe."
-    if not config.use_moe: return FeedForward(config)
-    from minimind.moe import MOEFeedForward
-    return MOEFeedForward(config)
+    "SwiGLU FeedForward, or minimind.moe's MOEFeedForward (experts that are FeedForwards) when config.use_moe."
+    return MOEFeedForward(config, FeedForward) if config.use_moe else FeedForward(config)
 
 class MiniMindBlock(nn.Module):
     "Pre-norm decoder block: x + attn(norm(x)), then x + mlp(norm(x))."

@@ -12,12 +12,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from .data import iter_jsonl
-from .tokenizer import BOS_ID, EOS_ID, PAD_ID, encode_chat
+import sys
+from .tokenizer import BOS_ID, EOS_ID, PAD_ID, StreamDecoder, encode_chat
 
 # %% auto #0
 __all__ = ['pad_batch', 'label_logprobs', 'sequence_logprobs', 'generate_batch', 'complete', 'as_messages', 'chat_replies',
-           'starts_with_word', 'first_choice', 'load_probes', 'fact_accuracy', 'spread', 'by_lang', 'choice_accuracy',
-           'choice_probs', 'plot_choices']
+           'stream_reply', 'starts_with_word', 'first_choice', 'load_probes', 'fact_accuracy', 'spread', 'by_lang',
+           'choice_accuracy', 'choice_probs', 'plot_choices']
 
 # %% ../nbs/01a_score.ipynb #0adc6095
 def pad_batch(seqs:list[list[int]], # token id lists of any lengths
@@ -98,6 +99,20 @@ def chat_replies(model, tok, conversations:list, # questions (str) or message li
     "The assistant's reply to each conversation through the ChatML template: (text, ended with <|im_end|>)."
     ids = [encode_chat(tok, as_messages(c, system), add_generation_prompt=True) for c in conversations]
     return [(tok.decode(new), ended) for new, ended in generate_batch(model, ids, max_new_tokens, bs=bs, **kw)]
+
+# %% ../nbs/01a_score.ipynb #f72100fc
+def stream_reply(model, tok, text:str, raw:bool=False, max_new_tokens:int=128, temperature:float=0.7, top_p:float=0.85,
+                 out=None) -> str:
+    "Print the model's reply to `text` token by token (chat template unless `raw`) to `out` (default: sys.stdout at call time); returns the reply."
+    out = out or sys.stdout
+    ids = [BOS_ID] + tok.encode(text, add_special_tokens=False).ids if raw else encode_chat(tok, [{"role": "user", "content": text}], add_generation_prompt=True)
+    dec = StreamDecoder(tok)               # holds back a UTF-8 character split over tokens until it is whole
+    for t in model.stream_generate(ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p):
+        if t == model.config.eos_token_id: break
+        out.write(dec.push(t)); out.flush()
+    out.write(dec.flush() + "\n")
+    return dec.shown
+
 
 # %% ../nbs/01a_score.ipynb #16776ada
 def starts_with_word(text:str, answer:str) -> bool:

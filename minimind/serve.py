@@ -6,8 +6,8 @@ Docs: https://minimind-course.github.io/minimind/serve.html.md"""
 
 # %% auto #0
 __all__ = ['ROLES', 'THINK_OPEN', 'THINK_CLOSE', 'ANSWER_TAGS', 'MAX_BODY', 'load_model', 'APIError', 'ChatRequest',
-           'parse_chat_request', 'StreamDecoder', 'StopChecker', 'ThinkSplitter', 'split_think', 'Job', 'Engine',
-           'completion_body', 'chunk', 'usage_of', 'make_app', 'serve_in_thread', 'serve', 'load_test']
+           'parse_chat_request', 'StopChecker', 'ThinkSplitter', 'split_think', 'Job', 'Engine', 'completion_body',
+           'chunk', 'usage_of', 'make_app', 'serve_in_thread', 'serve', 'load_test']
 
 # %% ../nbs/09_serve.ipynb #s_imports
 import asyncio, hmac, json, queue, threading, time, uuid
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import torch
 from .model import MiniMindForCausalLM
-from .tokenizer import EOS_ID, encode_chat, load_tokenizer
+from .tokenizer import EOS_ID, StreamDecoder, encode_chat, load_tokenizer
 
 # %% ../nbs/09_serve.ipynb #s_load
 def load_model(folder, # a model folder: config.json + model.safetensors (+ tokenizer.json)
@@ -104,24 +104,6 @@ def parse_chat_request(body) -> ChatRequest:
     return ChatRequest(model, messages, bool(stream), bool(opts.get("include_usage")), 1.0 if t is None else float(t),
                        1.0 if p is None else float(p), max_tokens, stop, _number(body, "seed", -(1 << 63), (1 << 63) - 1, True),
                        bool(body.get("ignore_eos")))
-
-# %% ../nbs/09_serve.ipynb #s_decoder
-class StreamDecoder:
-    "Token ids in, new text out; a multi-byte UTF-8 character split over tokens is held back until it is whole."
-    def __init__(self, tok): self.tok, self.ids, self.shown = tok, [], ""
-
-    def push(self, token:int) -> str:
-        "The text that `token` completes ('' while a character is still partial)."
-        self.ids.append(token)
-        text = self.tok.decode(self.ids)
-        if text.endswith("\ufffd"): return ""      # U+FFFD: the bytes so far end inside a character
-        new, self.shown = text[len(self.shown):], text
-        return new
-
-    def flush(self) -> str:
-        "Whatever is left (a truncated character decodes to U+FFFD)."
-        text = self.tok.decode(self.ids); new, self.shown = text[len(self.shown):], text
-        return new
 
 # %% ../nbs/09_serve.ipynb #s_stop
 class StopChecker:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from .data import DataError, IDENTITY, iter_jsonl, sample_path
 from .model import MiniMindConfig, MiniMindForCausalLM
-from .score import by_lang, chat_replies, first_choice, load_probes
+from .score import by_lang, chat_replies, first_choice, load_probes, stream_reply
 from .tokenizer import BOS_TOKEN, EOS_ID, EOS_TOKEN, PAD_ID, load_tokenizer
 from .train import Trainer, causal_lm_loss, fit_and_save, pretrain, record_outcome, resolve_nb_path, resolve_preset, stage_config
 
@@ -244,7 +244,6 @@ def sft_measures(model, tok, facts_path=None, # facts_eval.jsonl: chat questions
 def stream_chat(model, tok, question:str, max_new_tokens:int=64, temperature:float=0.0) -> str:
     "Ask `question` through the chat template and show the reply as it streams (one output that updates in place)."
     from IPython.display import Markdown, display
-    from minimind.cli import stream_reply
     handle = display(Markdown(f"**> {question}**"), display_id=True)
     class _Out:
         text = ""

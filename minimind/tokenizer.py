@@ -15,8 +15,8 @@ from .data import DataError, iter_jsonl, sample_path
 __all__ = ['PAD_TOKEN', 'BOS_TOKEN', 'EOS_TOKEN', 'THINK_TOKENS', 'SPECIAL_TOKENS', 'PAD_ID', 'BOS_ID', 'EOS_ID',
            'MODEL_MAX_LENGTH', 'QWEN2_PATTERN', 'TOKENIZER_SAMPLES', 'CHAT_TEMPLATE', 'DEFAULT_TOKENIZER_DIR',
            'pre_tokenizer', 'common_cjk_chars', 'record_texts', 'guess_kind', 'corpus', 'new_tokenizer',
-           'train_tokenizer', 'apply_chat_template', 'encode_chat', 'tokenizer_config', 'save_tokenizer',
-           'load_tokenizer']
+           'train_tokenizer', 'StreamDecoder', 'apply_chat_template', 'encode_chat', 'tokenizer_config',
+           'save_tokenizer', 'load_tokenizer']
 
 # %% ../nbs/00_tokenizer.ipynb #5e093b79
 PAD_TOKEN, BOS_TOKEN, EOS_TOKEN = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
@@ -90,6 +90,24 @@ def train_tokenizer(files=None,             # JSONL files of any stage format; N
     tok = new_tokenizer()
     tok.train_from_iterator(texts + (common_cjk_chars() if cjk_chars else []), trainer)
     return _unspecial_think(tok)
+
+# %% ../nbs/00_tokenizer.ipynb #a0168d33
+class StreamDecoder:
+    "Token ids in, new text out; a multi-byte UTF-8 character split over tokens is held back until it is whole."
+    def __init__(self, tok): self.tok, self.ids, self.shown = tok, [], ""
+
+    def push(self, token:int) -> str:
+        "The text that `token` completes ('' while a character is still partial)."
+        self.ids.append(token)
+        text = self.tok.decode(self.ids)
+        if text.endswith("\ufffd"): return ""      # U+FFFD: the bytes so far end inside a character
+        new, self.shown = text[len(self.shown):], text
+        return new
+
+    def flush(self) -> str:
+        "Whatever is left (a truncated character decodes to U+FFFD)."
+        text = self.tok.decode(self.ids); new, self.shown = text[len(self.shown):], text
+        return new
 
 # %% ../nbs/00_tokenizer.ipynb #fe4176c7
 CHAT_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"

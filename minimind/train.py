@@ -18,7 +18,6 @@ from tqdm.auto import tqdm
 from .data import DataError, iter_jsonl
 from .tokenizer import BOS_ID, EOS_ID, load_tokenizer, save_tokenizer
 from .model import MiniMindConfig, MiniMindForCausalLM
-from .score import by_lang, choice_accuracy, fact_accuracy, load_probes, spread
 
 # %% auto #0
 __all__ = ['PRETRAIN_PRESETS', 'resolve_nb_path', 'causal_lm_loss', 'token_cache_path', 'atomic_write', 'tokenize_corpus',

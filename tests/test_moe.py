@@ -100,7 +100,7 @@ def minimind2_moe_forward(layer, x):
 @pytest.mark.parametrize("training", [True, False])
 def test_layer_matches_minimind2(training):
     torch.manual_seed(1)
-    layer = MOEFeedForward(tiny_cfg()).train(training)
+    layer = MOEFeedForward(tiny_cfg(), FeedForward).train(training)
     x = torch.randn(2, 7, 32)
     with torch.no_grad():
         torch.testing.assert_close(layer(x), minimind2_moe_forward(layer, x), rtol=1e-5, atol=1e-6)
