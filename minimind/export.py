@@ -1,4 +1,4 @@
-"""Carry a MiniMind to other runtimes — a stock transformers folder, a GGUF file for llama.cpp and ollama, a folder that vLLM serves and lm-evaluation-harness scores — each checked by the runtime itself.
+"""Carry a MiniMind to other runtimes — a stock transformers folder, a GGUF file for llama.cpp, an ollama Modelfile, a folder for vLLM and lm-evaluation-harness — each checked by the software that reads it, wherever this machine can run it.
 
 Docs: https://minimind-course.github.io/minimind/export.html.md"""
 
@@ -23,8 +23,9 @@ __all__ = ['HF_DTYPES', 'REMOTE_HEADER', 'REMOTE_WRAPPER', 'REMOTE_OBJECTS', 'GG
            'TOKEN_USER_DEFINED', 'TOKEN_UNUSED', 'GGUF_FILE_TYPES', 'OLLAMA_TEMPLATE', 'EXPORT_FORMATS',
            'TokenizerMismatchWarning', 'tokenizer_sha', 'check_pairing', 'atomic_dir', 'hf_config', 'export_hf',
            'remote_code', 'from_hf_config', 'from_minimind_config', 'import_model', 'permute_qk', 'gguf_arch',
-           'gguf_tensors', 'gguf_vocab', 'gguf_encode', 'export_gguf', 'llama_cpp_greedy', 'modelfile', 'export_ollama',
-           'render_go_template', 'render_ollama', 'lm_eval_task', 'export_model', 'add_export_args', 'run_export']
+           'gguf_tensors', 'gguf_vocab', 'gguf_encode', 'export_gguf', 'llama_cpp_model', 'llama_cpp_greedy',
+           'modelfile', 'export_ollama', 'render_go_template', 'render_ollama', 'lm_eval_task', 'export_model',
+           'add_export_args', 'run_export']
 
 # %% ../nbs/10_export.ipynb #f1e19365
 class TokenizerMismatchWarning(UserWarning): "A checkpoint paired with a tokenizer it was not trained with."
@@ -307,6 +308,17 @@ def export_gguf(model:MiniMindForCausalLM, tok, path, # the .gguf file to write 
     return path
 
 # %% ../nbs/10_export.ipynb #a6bc5f04
+def llama_cpp_model(path, # a .gguf file
+                    **kw): # llama_cpp.Llama's arguments (n_ctx, n_threads, logits_all, type_k, ...)
+    "A `llama_cpp.Llama` for `path` on llama.cpp's plain CPU kernels: its extra buffer types (AMX, repacked weights) off."
+    import llama_cpp, llama_cpp.llama_cpp as C
+    default = C.llama_model_default_params
+    def params():
+        p = default(); p.use_extra_bufts = False; return p
+    C.llama_model_default_params = params          # Llama() reads the defaults, then sets only the fields it knows
+    try: return llama_cpp.Llama(str(path), verbose=False, **kw)
+    finally: C.llama_model_default_params = default
+
 def llama_cpp_greedy(llm, # a llama_cpp.Llama
                      ids:list[int], max_new_tokens:int, eos_token_id:int|None=EOS_ID) -> list[int]:
     "llama.cpp's greedy continuation of `ids` (the eos id last, if reached), from its own sampler at temperature 0."

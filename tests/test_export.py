@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from minimind.export import (TokenizerMismatchWarning, check_pairing, export_gguf, export_hf, export_model, export_ollama,
-                             gguf_tensors, import_model, lm_eval_task, llama_cpp_greedy, permute_qk, render_go_template,
-                             render_ollama, tokenizer_sha)
+                             gguf_tensors, import_model, lm_eval_task, llama_cpp_greedy, llama_cpp_model, permute_qk,
+                             render_go_template, render_ollama, tokenizer_sha)
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.tokenizer import BOS_ID, CHAT_TEMPLATE, EOS_ID, apply_chat_template, load_tokenizer, save_tokenizer
 
@@ -299,8 +299,9 @@ def gguf_files(tok, tmp_path_factory):
 
 @contextlib.contextmanager
 def llama(path, **kw):
-    llama_cpp = need("llama_cpp", "export")
-    llm = llama_cpp.Llama(str(path), n_ctx=1024, n_threads=1, verbose=False, **kw)
+    "llama.cpp on its plain CPU kernels (llama_cpp_model: its AMX path crashes on q8_0 on some Xeons)."
+    need("llama_cpp", "export")
+    llm = llama_cpp_model(path, n_ctx=1024, n_threads=1, **kw)
     try: yield llm
     finally: llm.close()
 
