@@ -1,4 +1,4 @@
-"""Low-rank adapters written from scratch: a few percent of the parameters teach the chat model a new domain or a new name, the base stays untouched, and the adapter merges, unmerges, saves and loads on its own.
+"""Low-rank adapters written from scratch: a small fraction of the parameters (16.2% of this 1.6M model with its output layer; 1–4.5% of the 26M MiniMind2-small) teaches the chat model a new domain or a new name, the base stays untouched, and the adapter merges, unmerges, saves and loads on its own.
 
 Docs: https://minimind-course.github.io/minimind/lora.html.md"""
 
