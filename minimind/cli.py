@@ -8,7 +8,8 @@ Docs: https://minimind-course.github.io/minimind/cli.html.md"""
 from __future__ import annotations
 import argparse, importlib, json, os, re, subprocess, sys, time
 from pathlib import Path
-from .export import add_export_args, run_export
+try: from minimind.export import add_export_args, run_export
+except ModuleNotFoundError as e: add_export_args, run_export, _export_needs = None, None, e.name  # gguf absent (a stock PyTorch image): all else works
 from .score import stream_reply
 
 # %% auto #0
@@ -99,7 +100,8 @@ def add_train_args(p:argparse.ArgumentParser, stage:str) -> argparse.ArgumentPar
     p.add_argument("--lr", type=float)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", nargs="?", const=True, default=False, metavar="BACKEND",
+                   help="torch.compile the model (inductor; or name a backend, e.g. aot_eager)")
     p.add_argument("--cache-dir", help="token-file cache folder")
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad JSONL lines instead of stopping")
     p.add_argument("--eval-every", type=int); p.add_argument("--ckpt-every", type=int); p.add_argument("--seed", type=int)
@@ -323,6 +325,8 @@ def user_error(e:BaseException) -> str|None:
     return " ".join(msg.split())
 
 # %% ../nbs/99_cli.ipynb #1179be4e
+def _export_missing(a): raise CLIError(f"minimind export needs the {_export_needs} package: pip install {_export_needs}")
+
 def build_parser() -> argparse.ArgumentParser:
     "The `minimind` command and its subcommands."
     p = argparse.ArgumentParser(prog="minimind", description="MiniMind, the course: train, chat, download data, run the course.")
@@ -337,7 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-context", type=int, help="prompt + reply tokens (default: the model's max_position_embeddings)")
     s.set_defaults(func=run_serve)
     add_serve_args(sub.add_parser("webui", help="a streamlit chat page for a model folder (notebook 09a)"), 8501).set_defaults(func=run_webui)
-    add_export_args(sub.add_parser("export", help="write a model for transformers, llama.cpp (GGUF) or ollama (notebook 10)")).set_defaults(func=run_export)
+    ex = sub.add_parser("export", help="write a model for transformers, llama.cpp (GGUF) or ollama (notebook 10)")
+    if add_export_args: add_export_args(ex).set_defaults(func=run_export)
+    else: ex.add_argument("rest", nargs="*"); ex.set_defaults(func=_export_missing)   # says which package to install
     add_course_args(sub.add_parser("course", help="run the course notebooks on the bundled sample (CPU), then chat")).set_defaults(func=run_course)
     sub.add_parser("download", help="download MiniMind's data from the hub (minimind download --help)")
     add_sample_args(sub.add_parser("sample", help="write the bundled sample's JSONL files into a folder")).set_defaults(func=run_sample)

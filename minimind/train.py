@@ -6,7 +6,7 @@ Docs: https://minimind-course.github.io/minimind/pretrain.html.md"""
 
 # %% ../nbs/03_pretrain.ipynb #2bfa0767
 from __future__ import annotations
-import contextlib, hashlib, json, math, os, random, tempfile, time, warnings
+import contextlib, hashlib, importlib.util, json, math, os, random, tempfile, time, warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterable
@@ -258,7 +258,7 @@ class TrainConfig:
     grad_clip:float = 1.0 # max global grad norm (0 = off)
     device:str = "auto"
     dtype:str = "auto" # bf16 autocast on CUDA, fp32 on CPU
-    compile:bool = False # torch.compile the forward pass
+    compile:bool|str = False # torch.compile the forward pass (True: inductor; or a backend name, e.g. "aot_eager": graph capture without codegen)
     seed:int = 42 # data order
     shuffle:bool = True
     eval_every:int = 50 # steps between held-out evaluations (0 = only at the end)
@@ -346,7 +346,7 @@ class Trainer:
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
             self.fwd = DDP(model, device_ids=[self.dev.index] if self.dev.type == "cuda" else None)
-        if cfg.compile: self.fwd = torch.compile(self.fwd)
+        if cfg.compile: self.fwd = torch.compile(self.fwd, backend=cfg.compile if isinstance(cfg.compile, str) else "inductor")
         self.sampler = RowSampler(len(train_data), cfg.seed, cfg.shuffle)
         self.step, self.history, self.eval_history, self.eval_metrics, self.wandb_id = 0, [], [], {}, None
         self.run_dir = Path(cfg.run_dir) if cfg.run_dir else None
@@ -468,7 +468,8 @@ class Trainer:
     def _finish(self):
         if self.is_main and self.run_dir:
             with atomic_write(self.run_dir/"history.json", "w") as f: json.dump({"train": self.history, "eval": self.eval_history}, f)
-            plot_losses(self.history, self.eval_history).savefig(self.run_dir/"loss.png", dpi=100)
+            if importlib.util.find_spec("matplotlib"):          # a stock PyTorch image may lack it: the curve is then only in history.json
+                plot_losses(self.history, self.eval_history).savefig(self.run_dir/"loss.png", dpi=100)
         if self.live: self.live.update(self.history, self.eval_history)
         if self.wandb: self.wandb.finish()
 
