@@ -84,6 +84,8 @@ def _ref(ref:str):
     "The object a 'module:name' string names (imported only when a command runs: `minimind --help` stays fast)."
     mod, name = ref.split(":"); return getattr(importlib.import_module(mod), name)
 
+def _batch_size(s:str): return s if s == "auto" else int(s)
+
 def add_train_args(p:argparse.ArgumentParser, stage:str) -> argparse.ArgumentParser:
     "Arguments of `minimind train <stage>` (None = the preset's value)."
     s = TRAIN_STAGES[stage]
@@ -94,7 +96,7 @@ def add_train_args(p:argparse.ArgumentParser, stage:str) -> argparse.ArgumentPar
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
     p.add_argument("--init-from", help=s["init"])
     p.add_argument("--steps", type=int, help="optimizer steps (overrides the preset's epochs)")
-    p.add_argument("--batch-size", type=int, help="rows per micro-batch per GPU")
+    p.add_argument("--batch-size", type=_batch_size, help="rows per micro-batch per GPU, or auto: the largest that fits (--grad-accum keeps the step)")
     p.add_argument("--grad-accum", type=int, help="micro-batches per step (out of memory? halve --batch-size, double this)")
     p.add_argument("--seq-len", type=int, help="tokens per row")
     p.add_argument("--lr", type=float)
@@ -121,7 +123,8 @@ def run_train(a:argparse.Namespace) -> int:
     extra = {k: v for k in (f.lstrip("-").replace("-", "_") for f, _ in s.get("args", [])) if (v := getattr(a, k)) is not None}
     t0 = time.time()
     t = _ref(s["run"])(data, a.preset, resume=a.resume, eval_path=eval_data, run_dir=a.out, cache_dir=a.cache_dir,
-                       init_from=a.init_from, skip_bad=a.skip_bad, steps=a.steps, batch_size=a.batch_size, grad_accum=a.grad_accum,
+                       init_from=a.init_from, skip_bad=a.skip_bad, steps=a.steps, batch_size=None if a.batch_size == "auto" else a.batch_size, grad_accum=a.grad_accum,
+                       auto_batch=(a.batch_size == "auto") or None,
                        seq_len=a.seq_len, lr=a.lr, device=a.device, dtype=a.dtype, compile=a.compile or None, eval_every=a.eval_every,
                        ckpt_every=a.ckpt_every, seed=a.seed, wandb_mode=a.wandb, wandb_project=a.wandb_project, wandb_run=a.wandb_run,
                        progress=not a.no_progress, live_plot=False, **extra)
@@ -320,7 +323,7 @@ def run_course(a:argparse.Namespace) -> int:
 def user_error(e:BaseException) -> str|None:
     "The one line `minimind` prints for a mistake a user can make (a bad file, folder or value); None for a bug."
     train = sys.modules.get("minimind.train")  # CheckpointError exists once the training code is imported
-    if not isinstance(e, (CLIError, OSError, ValueError) + ((train.CheckpointError,) if train else ())): return None
+    if not isinstance(e, (CLIError, OSError, ValueError) + ((train.CheckpointError, train.OutOfMemory) if train else ())): return None
     msg = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else str(e) or type(e).__name__
     return " ".join(msg.split())
 

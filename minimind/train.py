@@ -23,7 +23,8 @@ from .model import MiniMindConfig, MiniMindForCausalLM
 __all__ = ['PRETRAIN_PRESETS', 'resolve_nb_path', 'causal_lm_loss', 'token_cache_path', 'atomic_write', 'tokenize_corpus',
            'token_file_meta', 'load_tokens', 'PackedDataset', 'lr_at', 'RowSampler', 'CheckpointError',
            'save_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_checkpoint', 'rng_state', 'set_rng_state',
-           'get_device', 'autocast_for', 'TrainConfig', 'init_distributed', 'plot_losses', 'LivePlot', 'Trainer',
+           'get_device', 'autocast_for', 'TrainConfig', 'init_distributed', 'plot_losses', 'LivePlot', 'OutOfMemory',
+           'is_oom', 'oom_advice', 'oom_named', 'find_batch_size', 'fits_in_memory', 'auto_batch_size', 'Trainer',
            'resolve_preset', 'stage_config', 'make_pretrainer', 'fit_and_save', 'pretrain', 'unigram_entropy',
            'record_outcome', 'read_outcomes', 'outcome_table']
 
@@ -250,6 +251,7 @@ class TrainConfig:
     max_steps:int = 200 # optimizer steps
     batch_size:int = 8 # rows per micro-batch per process
     grad_accum:int = 1 # micro-batches per optimizer step (global batch = batch_size * grad_accum * world)
+    auto_batch:bool = False # before training, the largest micro-batch that fits (halving); grad_accum keeps the global batch
     lr:float = 5e-4 # peak learning rate (MiniMind pretrain: 5e-4)
     warmup_steps:int = 10
     min_lr_ratio:float = 0.1 # cosine floor as a fraction of lr (MiniMind: lr/10)
@@ -313,6 +315,68 @@ class LivePlot:
         self.handle = display(plot_losses([]), display_id=True)
     def update(self, history, eval_history): self.handle.update(plot_losses(history, eval_history))
 
+# %% ../nbs/03_pretrain.ipynb #a86523d9
+class OutOfMemory(RuntimeError): "Training ran out of device memory; the message names the settings to change."
+
+def is_oom(e:BaseException) -> bool:
+    "Whether `e` is an allocator saying no: torch's OutOfMemoryError (CUDA, MPS) or the CPU allocator's RuntimeError."
+    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and ("out of memory" in str(e) or "DefaultCPUAllocator" in str(e)))
+
+def _halve(b:int, total:int) -> int: return max(d for d in range(1, b // 2 + 1) if total % d == 0)  # the largest divisor of total <= b/2
+
+def oom_advice(cfg:TrainConfig, dev, what:str="training") -> str:
+    "One line: where memory ran out, and the settings that trade memory for time with the global batch kept."
+    b, a = cfg.batch_size, cfg.grad_accum
+    if b == 1: return f"out of memory on {dev} while {what} with micro-batches of 1 row: pass a shorter --seq-len, or use a smaller model or a larger GPU"
+    h = _halve(b, b * a)
+    return (f"out of memory on {dev} while {what} micro-batches of {b} rows: pass --batch-size {h} --grad-accum {b * a // h} "
+            f"(the same {b * a}-row step in smaller pieces), --batch-size auto to find the largest that fits, or a shorter --seq-len")
+
+@contextlib.contextmanager
+def oom_named(trainer, what:str="training"):
+    "Turn an out-of-memory error inside the block into `OutOfMemory` with `oom_advice`."
+    try: yield
+    except Exception as e:
+        if not is_oom(e): raise
+        trainer.opt.zero_grad(set_to_none=True)
+        raise OutOfMemory(oom_advice(trainer.cfg, trainer.dev, what)) from e
+
+def find_batch_size(fits:Callable[[int], bool], # fits(b): do b rows train without running out of memory?
+                    total:int, # rows per optimizer step per process (batch_size * grad_accum): kept
+                    start:int|None=None, # the first size tried, a divisor of total (default: total)
+                   ) -> int:
+    "The first b that fits, halving from `start` through the divisors of `total`."
+    b = start or total
+    while not fits(b):
+        if b == 1: raise OutOfMemory("out of memory with micro-batches of 1 row: pass a shorter --seq-len, or use a smaller model or a larger GPU")
+        b = _halve(b, total)
+    return b
+
+def fits_in_memory(trainer, b:int) -> bool:
+    "Whether a forward and backward pass over b training rows fits beside the weights, their gradients and AdamW's moments."
+    moments = [torch.empty_like(p) for p in trainer.params for _ in range(2)] if not trainer.opt.state else []  # what AdamW will allocate
+    try:
+        with autocast_for(trainer.dev, trainer.cfg.dtype):
+            loss, _ = trainer.loss_fn(trainer.model, trainer._batch(trainer.train_data, np.arange(b) % len(trainer.train_data)))
+        loss.backward(); return True
+    except Exception as e:
+        if is_oom(e): return False
+        raise
+    finally:
+        del moments; trainer.opt.zero_grad(set_to_none=True)
+        if trainer.dev.type == "cuda": torch.cuda.empty_cache()
+
+def auto_batch_size(trainer) -> int:
+    "Set batch_size to the largest micro-batch that fits and grad_accum to keep the global batch; print the choice."
+    cfg, tried, st = trainer.cfg, [], rng_state()
+    total = cfg.batch_size * cfg.grad_accum
+    b = find_batch_size(lambda b: tried.append(b) or fits_in_memory(trainer, b), total, total if trainer.dev.type == "cuda" else cfg.batch_size)
+    set_rng_state(st)                                          # the probes' dropout does not change the run
+    if trainer.world > 1: m = torch.tensor(b, device=trainer.dev); dist.all_reduce(m, op=dist.ReduceOp.MIN); b = int(m)
+    cfg.batch_size, cfg.grad_accum = b, total // b
+    if trainer.is_main: print(f"batch size auto: {b} rows x {cfg.grad_accum} micro-batches per step (the {total}-row step kept; tried {tried})")
+    return b
+
 # %% ../nbs/03_pretrain.ipynb #13f6f1eb
 def _param_groups(params, weight_decay):
     "Decay matrices and embeddings (ndim >= 2), not norms and biases (nanoGPT, Llama)."
@@ -354,7 +418,8 @@ class Trainer:
 
     def _batch(self, data, idx) -> dict:
         b = data.get_batch(idx) if hasattr(data, "get_batch") else torch.utils.data.default_collate([data[i] for i in idx])
-        return {k: v.to(self.dev, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
+        gpu = self.dev.type == "cuda"                  # pinned host memory: the copy to the GPU is asynchronous, the host runs ahead
+        return {k: (v.pin_memory() if gpu and v.device.type == "cpu" else v).to(self.dev, non_blocking=gpu) if torch.is_tensor(v) else v for k, v in b.items()}
 
     def train_step(self) -> dict:
         "One optimizer step over `grad_accum` micro-batches; returns the step's record."
@@ -450,12 +515,14 @@ class Trainer:
            ) -> Trainer:
         "Train to `max_steps`, evaluating, logging and checkpointing on the way."
         if resume: self.resume()
+        if self.cfg.auto_batch: auto_batch_size(self)
         self._start_logging()
         if self.step == 0 and self.eval_data is not None: self.eval_history.append({"step": 0, "eval_loss": self.evaluate(), **self.eval_metrics})
         bar = tqdm(total=self.cfg.max_steps, initial=self.step, desc="train", disable=not (self.cfg.progress and self.is_main))
         self.model.train()
         while self.step < self.cfg.max_steps:
-            rec = self.train_step(); self.history.append(rec); ev = None
+            with oom_named(self): rec = self.train_step()
+            self.history.append(rec); ev = None
             if self.eval_data is not None and self._eval_due():
                 ev = self.evaluate(); self.eval_history.append({"step": self.step, "eval_loss": ev, **self.eval_metrics})
             self._log(rec, ev)

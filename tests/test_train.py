@@ -243,3 +243,36 @@ def test_outcomes_are_written_atomically_and_tabled_in_stage_order(tmp_path):
     assert table[2] == "| pretrain | facts | 0.0% | 51.0% |" and table[3] == "| pretrain | facts, en | – | 90.0% |"
     assert table[4] == "| sft | held-out loss | 3.400 | 0.840 |"
     assert not list(tmp_path.rglob(".tmp-*"))
+
+
+# --- out of memory -----------------------------------------------------------------------------------------
+
+def test_out_of_memory_is_one_line_naming_the_settings(monkeypatch, capsys, tmp_path):
+    "The CLI turns the allocator's out-of-memory error into one line with the --batch-size/--grad-accum to pass."
+    from minimind.cli import main
+    def oom(self): raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 23.6 GiB total capacity)")
+    monkeypatch.setattr(Trainer, "train_step", oom)
+    rc = main(["train", "pretrain", "--preset", "tiny", "--steps", "2", "--grad-accum", "2", "--out", str(tmp_path / "r"),
+               "--device", "cpu", "--no-progress", "--eval-every", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1, err
+    assert err[0].startswith("minimind: error: out of memory on cpu while training micro-batches of 8 rows: "
+                             "pass --batch-size 4 --grad-accum 4 (the same 16-row step"), err[0]
+    assert "--batch-size auto" in err[0] and "--seq-len" in err[0]
+
+
+def test_batch_size_auto_halves_until_it_fits_and_keeps_the_global_batch(monkeypatch, capsys, tmp_path):
+    "--batch-size auto: the largest micro-batch whose forward and backward fit, grad_accum making up the step."
+    import minimind.train as mt
+    from minimind.cli import main
+    real = mt.fits_in_memory
+    monkeypatch.setattr(mt, "fits_in_memory", lambda t, b: b <= 2 and real(t, b))   # more than 2 rows: out of memory, as on a small GPU
+    rc = main(["train", "pretrain", "--preset", "tiny", "--steps", "2", "--batch-size", "auto", "--out", str(tmp_path / "r"),
+               "--device", "cpu", "--no-progress", "--eval-every", "0"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "batch size auto: 2 rows x 4 micro-batches per step (the 8-row step kept; tried [8, 4, 2])" in out, out
+    hist = json.loads((tmp_path / "r" / "history.json").read_text())["train"]
+    assert [h["tokens"] for h in hist] == [8 * 128] * 2                                   # the tiny preset's 8 rows of 128 per step
+    with pytest.raises(mt.OutOfMemory, match="1 row"): mt.find_batch_size(lambda b: False, 8)
+    assert mt.find_batch_size(lambda b: b <= 5, 48) == 3 and mt.find_batch_size(lambda b: True, 48, start=16) == 16
+    assert mt.is_oom(RuntimeError("DefaultCPUAllocator: not enough memory")) and not mt.is_oom(RuntimeError("shape mismatch"))
