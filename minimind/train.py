@@ -341,6 +341,8 @@ def oom_named(trainer, what:str="training"):
         trainer.opt.zero_grad(set_to_none=True)
         raise OutOfMemory(oom_advice(trainer.cfg, trainer.dev, what)) from e
 
+
+# %% ../nbs/03_pretrain.ipynb #d6da5acb
 def find_batch_size(fits:Callable[[int], bool], # fits(b): do b rows train without running out of memory?
                     total:int, # rows per optimizer step per process (batch_size * grad_accum): kept
                     start:int|None=None, # the first size tried, a divisor of total (default: total)
