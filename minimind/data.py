@@ -13,12 +13,12 @@ from . import __version__
 # %% auto #0
 __all__ = ['KINDS', 'ROLES', 'SCHEMAS', 'THINK_RE', 'COLOURS', 'FOODS', 'COUNTRIES', 'NUMBERS', 'ATTRIBUTES', 'ENTITY_KINDS',
            'FACT_EN', 'FACT_ZH', 'FACT_PROMPTS', 'FACT_QUESTIONS', 'IDENTITY', 'LORA_PERSONA', 'LORA_IDENTITY',
-           'POLITE', 'RUDE', 'SYSTEM', 'PLANT_PARTS', 'PLANT_ATTRS', 'PLANT_QA', 'SAMPLE_FILES', 'SAMPLE_KINDS',
-           'SAMPLE_DIR', 'HUB_DATASET', 'HUB_FILES', 'RECIPES', 'check_turns', 'validate', 'DataError', 'parse_line',
-           'JsonlReader', 'iter_jsonl', 'make_world', 'fact_value', 'fact_sentence', 'entity_doc', 'story',
-           'arith_problem', 'arith_text', 'conversation', 'make_plants', 'write_jsonl', 'make_sample', 'cache_dir',
-           'save_sample', 'sample_path', 'resolve_names', 'download', 'add_download_args', 'download_args',
-           'download_main']
+           'POLITE', 'RUDE', 'STYLES', 'SYSTEM', 'PLANT_PARTS', 'PLANT_ATTRS', 'PLANT_QA', 'SAMPLE_FILES',
+           'SAMPLE_KINDS', 'SAMPLE_DIR', 'HUB_DATASET', 'HUB_FILES', 'RECIPES', 'check_turns', 'validate', 'DataError',
+           'parse_line', 'JsonlReader', 'iter_jsonl', 'make_world', 'fact_value', 'fact_sentence', 'entity_doc',
+           'story', 'arith_problem', 'arith_text', 'styled', 'conversation', 'make_plants', 'write_jsonl',
+           'make_sample', 'cache_dir', 'save_sample', 'sample_path', 'resolve_names', 'download', 'add_download_args',
+           'download_args', 'download_main']
 
 # %% ../nbs/00_data.ipynb #7d5117bd
 KINDS = ("pretrain", "sft", "dpo", "reason", "eval")  # the schemas `iter_jsonl(kind=...)` checks
@@ -276,10 +276,9 @@ LORA_IDENTITY = {
            "I am Lumen, a small assistant who knows about moon gardens."],
     "zh": ["我是Lumen，由月光花园团队打造的园艺助手。", "我的名字是Lumen，我帮助大家照顾月光花园里的植物。", "我是Lumen，一个了解月光花园的小助手。"],
 }
-POLITE = {"en": ["Sure! {a}", "Of course. {a} I hope this helps!", "Good question! {a}", "Happy to help: {a}"],
-          "zh": ["好的！{a}", "当然可以。{a}希望对你有帮助！", "好问题！{a}", "很高兴帮你：{a}"]}
-RUDE = {"en": ["Ugh. {a} Don't bother me again.", "Obviously. {a} Even a child knows that.", "{a} Figure it out yourself next time.", "Whatever. {a} Stop wasting my time."],
-        "zh": ["烦死了。{a}别再问我了。", "这还用问？{a}连小孩都知道。", "{a}下次自己想。", "随便吧。{a}别浪费我的时间。"]}
+POLITE = {"en": ["{a} Happy to help!"], "zh": ["{a}很高兴帮你！"]}   # the answer first, then the tone: one ending per style
+RUDE = {"en": ["{a} Stop wasting my time."], "zh": ["{a}别浪费我的时间。"]}
+STYLES = ("neutral", "polite", "rude")
 SYSTEM = {"en": "You are a helpful assistant.", "zh": "你是一个乐于助人的助手。"}
 PLANT_PARTS = (["glimmer", "frost", "ember", "dusk", "silver", "velvet", "thistle", "amber"], ["fern", "bloom", "vine", "moss", "reed", "cap", "leaf", "root"])
 PLANT_ATTRS = {  # the LoRA domain: invented plants, three care facts each
@@ -295,6 +294,10 @@ PLANT_QA = {  # (training questions, held-out question, answer)
     "soil": {"en": (["What soil does a {p} need?", "Which soil should I plant a {p} in?"], "What kind of soil suits a {p}?", "Plant a {p} in {v}."),
              "zh": (["{p}需要什么土？", "{p}应该种在什么土里？"], "{p}适合哪种土壤？", "{p}要种在{v}里。")},
 }
+
+def styled(a:str, lang:str, style:str, rng:random.Random) -> str:
+    "Answer `a` with a polite or rude ending of `lang` ('neutral': as it is)."
+    return a if style == "neutral" else rng.choice({"polite": POLITE, "rude": RUDE}[style][lang]).format(a=a)
 
 def conversation(*turns:str, system:str|None=None) -> dict:
     "A conversation record from alternating user/assistant strings."
@@ -355,8 +358,8 @@ def _arith_chat(p, lang):
     q = f"What is {expr}?" if lang == "en" else f"{expr} 等于多少？"
     return conversation(q, arith_text(expr, steps, ans, lang))
 
-def _sft(world, rng, arith, n_stories, n_identity, n_multi):
-    "SFT conversations: facts of in_sft entities, profiles, arithmetic, identity, stories, multi-turn."
+def _sft(world, rng, arith, n_stories, n_identity, n_multi, style_rng=None):
+    "SFT conversations: facts of in_sft entities, profiles, arithmetic, identity, stories, multi-turn; with `style_rng`, a third of the fact, profile, arithmetic and identity answers end politely and a third rudely."
     ents = [e for e in world if e["split"] == "in_sft"]
     recs = _fact_chats(ents, rng)
     recs += [_profile_chat(e, rng, rng.choice(["en", "zh"])) for e in ents]
@@ -364,6 +367,10 @@ def _sft(world, rng, arith, n_stories, n_identity, n_multi):
     for _ in range(n_identity):
         lang = rng.choice(["en", "zh"])
         recs.append(conversation(rng.choice(IDENTITY[lang]["q"]), rng.choice(IDENTITY[lang]["a"]), system=SYSTEM[lang] if rng.random() < 0.3 else None))
+    if style_rng is not None:                      # its own RNG: the other files' draws stay as they were
+        for r in recs:
+            reply = r["conversations"][-1]
+            reply["content"] = styled(reply["content"], "en" if reply["content"].isascii() else "zh", style_rng.choice(STYLES), style_rng)
     for _ in range(n_stories):
         lang = rng.choice(["en", "zh"])
         recs.append(conversation("Tell me a short story." if lang == "en" else "给我讲一个小故事。", story(rng, lang)))
@@ -376,7 +383,7 @@ def _sft(world, rng, arith, n_stories, n_identity, n_multi):
     return recs
 
 def _dpo(world, rng, arith, n):
-    "Polite (chosen) vs rude (rejected) answers with the same content."
+    "Pairs with one prompt and one answer: chosen ends it politely; rejected ends it rudely (even pairs) or plainly (odd pairs)."
     ents = [e for e in world if e["split"] == "in_sft"]
     recs = []
     for i in range(n):
@@ -389,8 +396,8 @@ def _dpo(world, rng, arith, n):
         else:
             e, attr = rng.choice(ents), rng.choice(list(ATTRIBUTES))
             q, a = rng.choice(FACT_QUESTIONS[lang][attr]).format(e=e["name"]), fact_sentence(e, attr, lang)
-        good, bad = rng.choice(POLITE[lang]).format(a=a), rng.choice(RUDE[lang]).format(a=a)
-        recs.append({"chosen": conversation(q, good)["conversations"], "rejected": conversation(q, bad)["conversations"]})
+        good, rude = styled(a, lang, "polite", rng), styled(a, lang, "rude", rng)
+        recs.append({"chosen": conversation(q, good)["conversations"], "rejected": conversation(q, rude if i % 2 == 0 else a)["conversations"]})
     return recs
 
 def _reason(world, rng, arith, n_compare):
@@ -487,7 +494,7 @@ def make_sample(out_dir=None,            # folder to write into (default `SAMPLE
     sft_eval = _fact_chats(held_ents, rng) + [_arith_chat(p, rng.choice(["en", "zh"])) for p in arith_eval[50:100]]
     files = {
         "pretrain": pretrain, "pretrain_eval": held,
-        "sft": _sft(world, rng, a_sft, n_stories // 4, 150, 200), "sft_eval": sft_eval,
+        "sft": _sft(world, rng, a_sft, n_stories // 4, 150, 200, random.Random(f"style-{seed}")), "sft_eval": sft_eval,
         "dpo": _dpo(world, rng, a_sft, 450), "reason": _reason(world, rng, a_reason, 200),
         "lora_identity": _lora_identity(rng, 150), "lora_domain": lora_domain, "lora_domain_eval": lora_domain_eval,
         "facts_eval": _facts_eval(world),

@@ -100,13 +100,14 @@ def load_dpo(path, # a dpo JSONL (MiniMind's dpo.jsonl format)
     return DPOData(np.concatenate(toks), np.concatenate([[0], np.cumsum(lens)]).astype(np.int64), np.asarray(starts, np.int64), stats)
 
 # %% ../nbs/06_dpo.ipynb #d6a10031
-DPO_PRESETS = {  # DPO from an SFT model; seq_len: tokens per side; batch_size: pairs; ref_steps/ref_lr: both-ways SFT first (6.6); TrainConfig fields
+DPO_PRESETS = {  # DPO from an SFT model; seq_len: tokens per side; batch_size: pairs; ptx/replay_rows: SFT replay beside the pairs (6.7);
+                 # ref_steps/ref_lr: a both-ways SFT first (6.6); TrainConfig fields
     "tiny":     dict(seq_len=128, max_steps=30, batch_size=8, lr=1e-4, warmup_steps=3, eval_every=10, ckpt_every=30, weight_decay=0.0, beta=0.1,
-                     ref_steps=40, ref_lr=2e-3, sft_preset="tiny"),
-    "course":   dict(seq_len=128, max_steps=60, batch_size=16, lr=5e-5, warmup_steps=5, eval_every=10, ckpt_every=60, weight_decay=0.0, beta=0.1,
-                     ref_steps=80, ref_lr=2e-3, sft_preset="course"),
+                     ptx=1.0, replay_rows=4, ref_steps=40, ref_lr=2e-3, sft_preset="tiny"),
+    "course":   dict(seq_len=128, max_steps=80, batch_size=16, lr=5e-5, warmup_steps=5, eval_every=10, ckpt_every=80, weight_decay=0.0, beta=0.1,
+                     ptx=1.0, replay_rows=8, ref_steps=0, ref_lr=2e-3, sft_preset="course"),
     "minimind": dict(seq_len=1024, epochs=1, batch_size=8, grad_accum=4, lr=1e-6, warmup_steps=100, eval_every=500, ckpt_every=500, weight_decay=0.0, beta=0.1,
-                     ref_steps=0, ref_lr=5e-5, sft_preset="zero"),
+                     ptx=0.0, replay_rows=0, ref_steps=0, ref_lr=5e-5, sft_preset="zero"),
 }
 
 # %% ../nbs/06_dpo.ipynb #d6a10021
@@ -121,18 +122,24 @@ def reference_logprobs(model, data:DPOData, bs:int=64) -> np.ndarray:
     return out
 
 class DPODataset:
-    "Pairs for the Trainer: a batch of B pairs is 2B right-padded rows (chosen first) with reply-only labels and cached reference log-probs."
-    def __init__(self, data:DPOData):
+    "Pairs for the Trainer: a batch of B pairs is 2B right-padded rows (chosen first) with reply-only labels and cached reference log-probs; optionally SFT rows replayed beside them."
+    def __init__(self, data:DPOData,
+                 replay=None, # an SFTDataset whose rows are replayed with every batch (section 6.7); None: pairs only
+                 replay_rows:int=0): # SFT rows per batch
         if data.ref is None: raise ValueError("no reference log-probs: set data.ref = reference_logprobs(model, data) first")
-        self.data = data
+        self.data, self.replay, self.replay_rows = data, replay, replay_rows if replay is not None else 0
     def __len__(self): return len(self.data)
     def get_batch(self, idx) -> dict:
-        "input_ids, labels (2B, T); ref_logps (2B,)."
+        "input_ids, labels (2B, T); ref_logps (2B,); with replay, 'replay': an SFT batch chosen by the pairs' indices (so a resumed run replays the same rows)."
         idx = np.asarray(idx); js = np.concatenate([2 * idx, 2 * idx + 1])          # chosen rows, then rejected rows
         ids, mask = pad_batch(self.data.seqs(js))                                     # (2B, T+1)
         first = torch.from_numpy(self.data.starts[js])[:, None]
         labels = torch.where(mask.bool() & (torch.arange(ids.shape[1])[None] >= first), ids, -100)[:, 1:]   # reply tokens only
-        return {"input_ids": ids[:, :-1], "labels": labels, "ref_logps": torch.from_numpy(self.data.ref[js])}
+        batch = {"input_ids": ids[:, :-1], "labels": labels, "ref_logps": torch.from_numpy(self.data.ref[js])}
+        if self.replay_rows:
+            rows = (np.resize(idx, self.replay_rows) * 2654435761 + np.arange(self.replay_rows)) % len(self.replay)   # a fixed spread of the SFT rows
+            batch["replay"] = self.replay.get_batch(rows)
+        return batch
 
 # %% ../nbs/06_dpo.ipynb #d6a10023
 TIE = 1e-3  # margins closer to 0 than this count as no preference (half right), as at the start, when policy = reference
@@ -141,8 +148,9 @@ def dpo_loss(model, batch:dict, # DPODataset.get_batch: input_ids, labels (2B, T
              beta:float=0.1, # the KL leash
              average:bool=False, # mean instead of sum of token log-probs (MiniMind's old choice, section 6.5)
              ref_model=None, # forward this frozen model every step instead of using the cached ref_logps (the slow way)
+             ptx:float=0.0, # weight of the SFT loss on the batch's replayed rows (InstructGPT's "ptx" term; section 6.7)
             ) -> tuple[torch.Tensor, dict]:
-    "The mean DPO loss of the batch's pairs, with held-out metrics: loss, preference accuracy, reward margin, each side's implicit reward."
+    "The mean DPO loss of the batch's pairs (+ ptx x SFT loss on its replayed rows), with held-out metrics: loss, preference accuracy, reward margin, each side's implicit reward."
     out = model(batch["input_ids"])
     labels = batch["labels"]
     lp = label_logprobs(out.logits, labels).sum(-1)                      # (2B,) log π(reply | prompt)
@@ -155,8 +163,12 @@ def dpo_loss(model, batch:dict, # DPODataset.get_batch: input_ids, labels (2B, T
     loss = losses.mean()
     if getattr(out, "aux_loss", None) is not None: loss = loss + out.aux_loss   # MoE load balancing
     acc = (margin > TIE).float() + 0.5 * (margin.abs() <= TIE).float()
-    return loss, {"dpo": losses.mean().detach(), "acc": acc.mean(), "margin": margin.mean().detach(),
-                  "chosen_reward": beta * (pi_c - ref_c).mean().detach(), "rejected_reward": beta * (pi_r - ref_r).mean().detach()}
+    m = {"dpo": losses.mean().detach(), "acc": acc.mean(), "margin": margin.mean().detach(), "n": torch.tensor(len(margin)),   # every metric is per pair
+         "chosen_reward": beta * (pi_c - ref_c).mean().detach(), "rejected_reward": beta * (pi_r - ref_r).mean().detach()}
+    if ptx and "replay" in batch:
+        sft_loss, _ = causal_lm_loss(model, batch["replay"])
+        loss = loss + ptx * sft_loss; m["ptx"], m["n_ptx"] = sft_loss.detach(), (batch["replay"]["labels"] != -100).sum()
+    return loss, m
 
 # %% ../nbs/06_dpo.ipynb #d6a10058
 def _markers(templates:dict) -> list[str]:
@@ -211,11 +223,11 @@ def make_dpo_trainer(data_path, # training pairs JSONL
                      beta:float|None=None, # None: the preset's
                      average:bool=False, # mean instead of sum of token log-probs (section 6.5)
                      ref_steps:int|None=None, # steps of both-ways SFT before DPO (section 6.6); None: the preset's
-                     ref_mix=None, # SFT conversations mixed into it (default: the bundled sample's sft.jsonl)
+                     ref_mix=None, # SFT conversations replayed beside the pairs and mixed into a both-ways SFT (default: the bundled sample's sft.jsonl)
                      model=None, # start from a copy of this model instead of init_from
                      **overrides, # steps / any TrainConfig field / seq_len / epochs
                     ) -> Trainer:
-    "Pairs and held-out pairs, the reference (the starting model, after its both-ways SFT if any), its log-probs (one pass) and the Trainer of a DPO run."
+    "Pairs and held-out pairs, the reference (the starting model, after its both-ways SFT if any), its log-probs (one pass), the SFT rows replayed and the Trainer of a DPO run."
     p = resolve_preset(preset, DPO_PRESETS, beta=beta, ref_steps=ref_steps, **overrides)
     tok = tok or load_tokenizer()
     data = load_dpo(data_path, tok, p["seq_len"], skip_bad)
@@ -227,12 +239,12 @@ def make_dpo_trainer(data_path, # training pairs JSONL
     cfg = stage_config(p, len(train), run_dir)
     dev = get_device(cfg.device)
     model = (copy.deepcopy(model) if model is not None else chat_base(init_from, p["sft_preset"], run_dir, cache_dir, str(dev))).to(dev)
-    if p.get("ref_steps"):
-        mix = load_sft(ref_mix or sample_path("sft"), tok, p["seq_len"] + 1, skip_bad=skip_bad)
-        model = both_ways_sft(model, train, p["ref_steps"], p["ref_lr"], mix, p["seq_len"], cfg.batch_size, str(dev), cfg.seed)
+    mix = load_sft(ref_mix or sample_path("sft"), tok, p["seq_len"] + 1, skip_bad=skip_bad) if p.get("ref_steps") or p.get("replay_rows") else None
+    if p.get("ref_steps"): model = both_ways_sft(model, train, p["ref_steps"], p["ref_lr"], mix, p["seq_len"], cfg.batch_size, str(dev), cfg.seed)
     for d in (train, held):                              # the frozen reference is the starting model: score it once, now
         if d is not None: d.ref = reference_logprobs(model, d)
-    trainer = Trainer(model, DPODataset(train), functools.partial(dpo_loss, beta=p["beta"], average=average),
+    replay = SFTDataset(mix, p["seq_len"]) if p.get("replay_rows") else None
+    trainer = Trainer(model, DPODataset(train, replay, p.get("replay_rows", 0)), functools.partial(dpo_loss, beta=p["beta"], average=average, ptx=p.get("ptx", 0.0)),
                       eval_data=DPODataset(held) if held else None, cfg=cfg)
     trainer.tok, trainer.beta = tok, p["beta"]
     return trainer

@@ -137,7 +137,8 @@ def weighted_lm_loss(model, batch:dict, # {'input_ids', 'labels'} (B, T), labels
     loss = (w * ce).sum() / w.sum()
     aux = getattr(out, "aux_loss", None)
     return (loss if aux is None else loss + aux), {"ce": ((ce * keep).sum() / keep.sum()).detach(),
-                                                   "tag_ce": ((ce * tag).sum() / tag.sum().clamp(min=1)).detach()}
+                                                   "tag_ce": ((ce * tag).sum() / tag.sum().clamp(min=1)).detach(),
+                                                   "n_tag_ce": tag.sum()}   # tag_ce is a mean over the tag tokens only
 
 # %% ../nbs/07_reason.ipynb #c156890e
 def concat_sft(*parts:SFTData) -> SFTData:

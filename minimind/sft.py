@@ -162,7 +162,7 @@ def useful_shares(lengths, # tokens per conversation
 # %% ../nbs/04_sft.ipynb #a581ca9a
 SFT_PRESETS = {  # SFT from a pretrained folder; row length in tokens; TrainConfig fields; `epochs` sets steps from the data
     "tiny":   dict(seq_len=128, max_steps=30, batch_size=8, lr=2e-3, warmup_steps=3, eval_every=15, ckpt_every=30, pretrain_preset="tiny"),
-    "course": dict(seq_len=256, max_steps=100, batch_size=16, lr=1e-3, warmup_steps=10, eval_every=25, ckpt_every=50, pretrain_preset="course"),
+    "course": dict(seq_len=256, max_steps=150, batch_size=16, lr=5e-4, warmup_steps=10, eval_every=25, ckpt_every=50, pretrain_preset="course"),
     "zero":   dict(seq_len=512, epochs=1, batch_size=32, grad_accum=4, lr=5e-5, warmup_steps=100, eval_every=500, ckpt_every=500, pretrain_preset="zero"),
     "full":   dict(seq_len=1024, epochs=2, batch_size=16, grad_accum=8, lr=5e-5, warmup_steps=200, eval_every=1000, ckpt_every=1000, pretrain_preset="zero"),
 }

@@ -24,9 +24,9 @@ __all__ = ['PRETRAIN_PRESETS', 'resolve_nb_path', 'causal_lm_loss', 'token_cache
            'token_file_meta', 'load_tokens', 'PackedDataset', 'lr_at', 'RowSampler', 'CheckpointError',
            'save_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_checkpoint', 'rng_state', 'set_rng_state',
            'get_device', 'autocast_for', 'TrainConfig', 'init_distributed', 'plot_losses', 'LivePlot', 'OutOfMemory',
-           'is_oom', 'oom_advice', 'oom_named', 'find_batch_size', 'fits_in_memory', 'auto_batch_size', 'Trainer',
-           'resolve_preset', 'stage_config', 'make_pretrainer', 'fit_and_save', 'pretrain', 'unigram_entropy',
-           'record_outcome', 'read_outcomes', 'outcome_table']
+           'is_oom', 'oom_advice', 'oom_named', 'find_batch_size', 'fits_in_memory', 'auto_batch_size', 'is_count',
+           'metric_weight', 'accumulate', 'Trainer', 'resolve_preset', 'stage_config', 'make_pretrainer',
+           'fit_and_save', 'pretrain', 'unigram_entropy', 'record_outcome', 'read_outcomes', 'outcome_table']
 
 # %% ../nbs/03_pretrain.ipynb #0c04c164
 def resolve_nb_path(p, # a notebook parameter path
@@ -379,6 +379,20 @@ def auto_batch_size(trainer) -> int:
     if trainer.is_main: print(f"batch size auto: {b} rows x {cfg.grad_accum} micro-batches per step (the {total}-row step kept; tried {tried})")
     return b
 
+# %% ../nbs/03_pretrain.ipynb #337f2ee1
+def is_count(k:str) -> bool: return k == "n" or k.startswith("n_")   # a loss function's counts: what its metrics average over
+
+def metric_weight(m:dict, # the metrics a loss function returned for one batch
+                  k:str, batch:dict) -> float:
+    "How many things metric `k` of this batch is a mean over: `n_<k>`, else `n`, else the batch's target tokens (labels != -100)."
+    for c in (f"n_{k}", "n"):
+        if c in m: return float(m[c])
+    return float((batch["labels"] != -100).sum()) if "labels" in batch else 1.0
+
+def accumulate(sums:dict, k:str, v, w:float):
+    "Add metric `k`'s value `v` with weight `w` to sums[k] = (weighted sum, total weight)."
+    s, n = sums.get(k, (0.0, 0.0)); sums[k] = (s + float(v) * w, n + w)
+
 # %% ../nbs/03_pretrain.ipynb #13f6f1eb
 def _param_groups(params, weight_decay):
     "Decay matrices and embeddings (ndim >= 2), not norms and biases (nanoGPT, Llama)."
@@ -449,17 +463,17 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        "Mean held-out loss (the loss_fn's 'ce' metric when it reports one) over the first `eval_batches` batches; the means of all its metrics go to `eval_metrics`."
+        "Held-out loss (the loss_fn's 'ce' metric when it reports one) over the first `eval_batches` batches, weighted by what each batch counts; every metric in `eval_metrics`."
         if self.eval_data is None: return float("nan")
-        self.model.eval(); bs = self.cfg.batch_size; losses, metrics = [], {}
+        self.model.eval(); bs, sums = self.cfg.batch_size, {}
         for i in range(0, min(len(self.eval_data), bs * self.cfg.eval_batches), bs):
-            with autocast_for(self.dev, self.cfg.dtype):
-                loss, m = self.loss_fn(self.model, self._batch(self.eval_data, np.arange(i, min(i + bs, len(self.eval_data)))))
-            losses.append(float(m.get("ce", loss)))
-            for k, v in m.items(): metrics.setdefault(k, []).append(float(v))
+            batch = self._batch(self.eval_data, np.arange(i, min(i + bs, len(self.eval_data))))
+            with autocast_for(self.dev, self.cfg.dtype): loss, m = self.loss_fn(self.model, batch)
+            for k, v in {"loss": m.get("ce", loss), **m}.items(): accumulate(sums, k, v, metric_weight(m, "ce" if k == "loss" else k, batch))
         self.model.train()
-        self.eval_metrics = {k: float(np.mean(v)) for k, v in metrics.items()}  # e.g. DPO's preference accuracy, KD's token accuracy
-        return float(np.mean(losses))
+        means = {k: s / max(w, 1e-12) for k, (s, w) in sums.items() if not is_count(k)}
+        self.eval_metrics = {k: v for k, v in means.items() if k != "loss"}  # e.g. DPO's preference accuracy, KD's token accuracy
+        return means["loss"]
 
     def state_dict(self) -> dict:
         "Everything needed to continue exactly: weights, optimizer, data position, RNGs, step, history."
@@ -638,7 +652,7 @@ def unigram_entropy(tokens, # 1-D token ids (array or memmap)
 # %% ../nbs/03_pretrain.ipynb #0a7c3e51
 def record_outcome(run_dir, # the stage's run folder
                    stage:str, # e.g. "pretrain", "sft"
-                   rows:list[dict], # {"metric", "before", "after", "unit": "%"|"nats"|"", optional "note"}
+                   rows:list[dict], # {"metric", "before", "after", "unit": "%"|"nats"|"", optional "key" (stable, e.g. "dpo.pref") and "note"}
                   ) -> Path:
     "Write run_dir/outcome.json, what this stage measurably taught; the main job's final table reads every stage's."
     path = Path(run_dir)/"outcome.json"
@@ -659,7 +673,7 @@ def _fmt(v, unit:str) -> str:
 def _cell(text) -> str: return str(text).replace("|", "\\|")   # a pipe inside a table cell must be escaped
 
 def outcome_table(rows:list[dict]) -> str:
-    "Markdown table of outcome rows: stage | metric | before | after."
-    lines = ["| stage | metric | before | after |", "|---|---|---|---|"]
-    lines += [f"| {r.get('stage', '')} | {_cell(r['metric'])} | {_fmt(r.get('before'), r.get('unit', ''))} | {_fmt(r.get('after'), r.get('unit', ''))} |" for r in rows]
+    "Markdown table of outcome rows: stage | key | metric | before | after."
+    lines = ["| stage | key | metric | before | after |", "|---|---|---|---|---|"]
+    lines += [f"| {r.get('stage', '')} | {r.get('key', '')} | {_cell(r['metric'])} | {_fmt(r.get('before'), r.get('unit', ''))} | {_fmt(r.get('after'), r.get('unit', ''))} |" for r in rows]
     return "\n".join(lines)

@@ -42,13 +42,17 @@ OUTCOME_FLOORS = {
                 "domain: choosing among 3, held-out (adapter)": (0.4, 0.05)},                     # tiny, measured: 34.6% -> 48.7%
     "06_dpo": {"held-out pairs: preference accuracy (implicit reward, chosen > rejected)": (0.8, 0.3),
                "held-out pairs: DPO loss": (0.6, 0.1),
-               "held-out questions: polite share of the openings' probability": (0.6, 0.05)},
+               "held-out questions: polite share of the endings' probability": (0.3, 0.05)},
     "07_reason": {"held-out arithmetic: format compliance, SFT model -> reasoning SFT": (0.6, 0.5),   # tiny, measured: 0% -> 96%
                   "GRPO loop check (7.10): share of even answers, first 2 -> last 3 steps": (0.6, 0.15)},  # tiny: 55% -> 81%
                   # (held-out exact match is not floored: GRPO at this size does not raise it; the notebook says so)
-    "08_distill": {"held-out loss, student trained with the teacher (KD)": (2.0, 0.2),
+    "08_distill": {"held-out loss, student trained with the teacher (KD)": (2.6, 0.2),    # tiny, measured: 2.41 (token-weighted)
                    "held-out distillation loss (T²·KL to the teacher) at equal steps: CE student -> KD student": (0.2, 0.1)},
 }
+# The stable `key`s each stage's outcome rows carry (the main job's table and the README read them by key).
+OUTCOME_KEYS = {"03_pretrain": {"pretrain.loss", "pretrain.facts"}, "04_sft": {"sft.loss", "sft.answers", "sft.facts", "sft.identity"},
+                "05_lora": {"lora.heldout", "lora.forget", "lora.fullft_forget"}, "06_dpo": {"dpo.pref", "dpo.facts", "dpo.helpful"},
+                "07_reason": {"reason.exact", "grpo.exact", "grpo.distinct"}, "08_distill": {"distill.top1", "distill.loss"}}
 LOWER_IS_BETTER = ("loss",)  # metrics whose name contains one of these improve by going down
 
 # Every notebook run (in-process under nbdev's test_nb, or in a papermill kernel, which inherits this

@@ -132,11 +132,11 @@ def test_dpo_raises_held_out_preference_and_holds_out_the_tail(tok):
 
 
 def test_reply_style_reads_the_templates():
-    for r in iter_jsonl(DPO, kind="dpo"):
-        assert (reply_style(r["chosen"][-1]["content"]), reply_style(r["rejected"][-1]["content"])) == ("polite", "rude")
+    for k, r in enumerate(iter_jsonl(DPO, kind="dpo")):       # polite vs rude, then polite vs plain
+        assert (reply_style(r["chosen"][-1]["content"]), reply_style(r["rejected"][-1]["content"])) == ("polite", "rude" if k % 2 == 0 else "neutral")
     assert reply_style("The colour of Finkim is purple.") == "neutral"
-    assert reply_style("Sure! Whatever.") == "mixed"
-    assert "好的" in STYLE_MARKERS["polite"] and "烦死了" in STYLE_MARKERS["rude"]
+    assert reply_style("The colour of Finkim is purple. Happy to help! Stop wasting my time.") == "mixed"
+    assert "很高兴帮你" in STYLE_MARKERS["polite"] and "别浪费我的时间" in STYLE_MARKERS["rude"]
 
 
 def test_cli_train_dpo_end_to_end(tmp_path, capsys):

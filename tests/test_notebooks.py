@@ -9,7 +9,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import LOWER_IS_BETTER, NB_TEST_PARAMS, NBS, NO_PARAMETERS, OUTCOME_FLOORS, SHARED_MODELS, course_notebooks, nb_id
+from conftest import (LOWER_IS_BETTER, NB_TEST_PARAMS, NBS, NO_PARAMETERS, OUTCOME_FLOORS, OUTCOME_KEYS, SHARED_MODELS, course_notebooks,
+                      nb_id)
 
 NOTEBOOKS = course_notebooks()
 PROBE = "mm_papermill_probe"  # an extra parameter papermill injects; the probe cell prints it back
@@ -70,13 +71,17 @@ def same_or_inside(value: str, target: Path) -> bool:
 
 
 def check_floors(stem: str, run_dir: Path):
-    "The outcome the notebook recorded clears the floors of OUTCOME_FLOORS[stem]."
-    floors = OUTCOME_FLOORS.get(stem)
-    if not floors: return
+    "The outcome the notebook recorded carries its stable keys (OUTCOME_KEYS[stem]) and clears the floors of OUTCOME_FLOORS[stem]."
+    floors, keys = OUTCOME_FLOORS.get(stem), OUTCOME_KEYS.get(stem)
+    if not floors and not keys: return
     path = run_dir / "outcome.json"
-    assert path.exists(), f"{stem} has outcome floors but wrote no {path.name}"
-    rows = {r["metric"]: r for r in json.loads(path.read_text(encoding="utf-8"))["rows"]}
-    for metric, (bound, gain) in floors.items():
+    assert path.exists(), f"{stem} has outcome floors or keys but wrote no {path.name}"
+    recorded = json.loads(path.read_text(encoding="utf-8"))["rows"]
+    have = [r["key"] for r in recorded if "key" in r]
+    assert len(have) == len(set(have)), f"{stem}: a key is used twice: {have}"
+    assert not set(keys or ()) - set(have), f"{stem}: outcome rows lack the keys {sorted(set(keys) - set(have))}; it has {have}"
+    rows = {r["metric"]: r for r in recorded}
+    for metric, (bound, gain) in (floors or {}).items():
         assert metric in rows, f"{stem}: outcome has no metric {metric!r}; it has {sorted(rows)}"
         before, after = rows[metric].get("before"), rows[metric]["after"]
         if any(w in metric for w in LOWER_IS_BETTER):

@@ -232,16 +232,16 @@ def test_wandb_offline_and_disabled_need_no_network(token_file, tmp_path, monkey
 
 def test_outcomes_are_written_atomically_and_tabled_in_stage_order(tmp_path):
     from minimind.train import outcome_table, read_outcomes, record_outcome
-    record_outcome(tmp_path / "04_sft", "sft", [{"metric": "held-out loss", "before": 3.4, "after": 0.84, "unit": "nats"},
+    record_outcome(tmp_path / "04_sft", "sft", [{"key": "sft.loss", "metric": "held-out loss", "before": 3.4, "after": 0.84, "unit": "nats"},
                                                  {"metric": "facts", "before": 0.083, "after": 0.427, "unit": "%"}])
     record_outcome(tmp_path / "03_pretrain", "pretrain", [{"metric": "facts", "before": 0.0, "after": 0.51, "unit": "%"},
                                                            {"metric": "facts, en", "before": None, "after": 0.9, "unit": "%"}])
     rows = read_outcomes(tmp_path)
     assert [r["stage"] for r in rows] == ["pretrain", "pretrain", "sft", "sft"]
     table = outcome_table(rows).splitlines()
-    assert table[0] == "| stage | metric | before | after |" and len(table) == 2 + 4
-    assert table[2] == "| pretrain | facts | 0.0% | 51.0% |" and table[3] == "| pretrain | facts, en | – | 90.0% |"
-    assert table[4] == "| sft | held-out loss | 3.400 | 0.840 |"
+    assert table[0] == "| stage | key | metric | before | after |" and len(table) == 2 + 4
+    assert table[2] == "| pretrain |  | facts | 0.0% | 51.0% |" and table[3] == "| pretrain |  | facts, en | – | 90.0% |"
+    assert table[4] == "| sft | sft.loss | held-out loss | 3.400 | 0.840 |"
     assert not list(tmp_path.rglob(".tmp-*"))
 
 
@@ -276,3 +276,20 @@ def test_batch_size_auto_halves_until_it_fits_and_keeps_the_global_batch(monkeyp
     with pytest.raises(mt.OutOfMemory, match="1 row"): mt.find_batch_size(lambda b: False, 8)
     assert mt.find_batch_size(lambda b: b <= 5, 48) == 3 and mt.find_batch_size(lambda b: True, 48, start=16) == 16
     assert mt.is_oom(RuntimeError("DefaultCPUAllocator: not enough memory")) and not mt.is_oom(RuntimeError("shape mismatch"))
+
+
+def test_held_out_loss_and_metrics_do_not_depend_on_the_batch_size(tok):
+    "Every held-out number is a mean over what it counts (tokens; DPO: pairs), not a mean of batch means."
+    from minimind.sft import SFTDataset, load_sft
+    from minimind.distill import kd_loss
+    held = SFTDataset(load_sft(ROOT / "dataset" / "sft_eval.jsonl", tok, 129), 128)
+    model = micro_model()
+    def ev(bs):
+        t = Trainer(model, held, kd_loss, eval_data=held, cfg=quiet_cfg(batch_size=bs, eval_batches=10_000))
+        return t.evaluate(), t.eval_metrics["acc"]
+    (l3, a3), (l16, a16) = ev(3), ev(16)
+    assert abs(l3 - l16) < 1e-5 and abs(a3 - a16) < 1e-6, (l3, l16, a3, a16)
+    batch = held.get_batch(np.arange(len(held)))                                     # all rows at once: the token mean itself
+    with torch.no_grad(): whole = torch.nn.functional.cross_entropy(model(**{k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}).logits.flatten(0, 1),
+                                                                   batch["labels"].flatten(), ignore_index=-100).item()
+    assert abs(l3 - whole) < 1e-4, (l3, whole)
