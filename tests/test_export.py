@@ -334,9 +334,16 @@ def test_llama_cpp_logits_and_greedy(arch, dtype, tok, gguf_files):
     ours = logits(m, seq)
     diff = (theirs - ours).abs().max().item() / ours.std().item()
     agree = (theirs.argmax(-1) == ours.argmax(-1)).float().mean().item()
-    if dtype in ("f32", "f16"):
-        assert diff < {"f32": 1e-4, "f16": 3e-2}[dtype] and agree == 1, (diff, agree)
+    if dtype == "f32":
+        assert diff < 1e-4 and agree == 1, (diff, agree)
         assert llm_greedy == ours_greedy
+    elif dtype == "f16":      # f16 rounding may flip a near-tie: every position whose top-2 gap exceeds twice the error must agree
+        top2 = ours.topk(2, -1).values
+        clear = (top2[:, 0] - top2[:, 1]) > 2 * (theirs - ours).abs().max()
+        same = theirs.argmax(-1) == ours.argmax(-1)
+        assert diff < 3e-2 and bool(same[clear].all()) and clear.float().mean() >= 0.8, (diff, agree, clear.float().mean().item())
+        k = next((j for j in range(len(ours_greedy)) if not clear[len(ids) - 1 + j]), len(ours_greedy))
+        assert llm_greedy[:k] == ours_greedy[:k]                   # the same greedy path up to the first near-tie
     else:  # 8.5 bits per weight: close, not identical (measured 0.23-0.36 and 83-97% on this chaotic random model)
         assert diff < 0.6 and agree >= 0.75, (diff, agree)
 
