@@ -80,6 +80,7 @@ TRAIN_STAGES = {  # stage -> its library function, presets, default sample files
                        ("--beta", dict(type=float, help="weight of the KL penalty to the starting model"))]),
 }
 
+# %% ../nbs/99_cli.ipynb #80063aaf
 def _ref(ref:str):
     "The object a 'module:name' string names (imported only when a command runs: `minimind --help` stays fast)."
     mod, name = ref.split(":"); return getattr(importlib.import_module(mod), name)
@@ -113,6 +114,7 @@ def add_train_args(p:argparse.ArgumentParser, stage:str) -> argparse.ArgumentPar
     for flag, kw in s.get("args", []): p.add_argument(flag, **kw)
     return p
 
+# %% ../nbs/99_cli.ipynb #ac30e39e
 def run_train(a:argparse.Namespace) -> int:
     "`minimind train <stage>`: one run of the stage's library function, the same code path as its notebook."
     from minimind.data import sample_path
@@ -239,6 +241,7 @@ def notebook_command(nb:Path, out_nb:Path, params:dict, nbs_dir:Path) -> list[st
     return [sys.executable, "-m", "papermill", str(nb), str(out_nb), "-y", json.dumps(params), "--cwd", str(nbs_dir),
             "--no-progress-bar", "--log-level", "WARNING"]
 
+# %% ../nbs/99_cli.ipynb #7ddbb90c
 def course_chat(model_dir, facts_path, chat:bool=True, n:int=2):
     "The main job's last words: `n` held-out facts per language, asked in chat form (or completed, for a pretrained-only model)."
     import random
@@ -257,6 +260,7 @@ def course_chat(model_dir, facts_path, chat:bool=True, n:int=2):
     for q, want in [("Who are you?", "MiniMind"), *[(f["prompt"], f["answer"]) for f in facts]]:
         print(f"> {q}   [expected: {want}]"); stream_reply(model, tok, q, temperature=0, max_new_tokens=48)
 
+# %% ../nbs/99_cli.ipynb #18b239e2
 def add_course_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Arguments of `minimind course`."
     p.add_argument("--out", default="runs/course", help="executed notebooks and each stage's run folder")
@@ -268,6 +272,7 @@ def add_course_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--no-chat", action="store_true")
     return p
 
+# %% ../nbs/99_cli.ipynb #9c940772
 def run_course(a:argparse.Namespace) -> int:
     "`minimind course`: run every stage notebook on the bundled sample (CPU), `--jobs` at a time, each after the stage it starts from; then the outcome table and a chat."
     root = repo_root(); nbs_dir, out = root/"nbs", Path(a.out).resolve()

@@ -337,6 +337,7 @@ def _pretrain_docs(world, rng, docs_per_lang, n_stories, arith):
     docs += [arith_text(*p, rng.choice(["en", "zh"])) for p in arith]
     return [{"text": t} for t in docs]
 
+# %% ../nbs/00_data.ipynb #294a0092
 def _fact_chats(ents, rng):
     "One question-answer conversation per fact and language (answer = the canonical sentence)."
     out = []
@@ -358,6 +359,7 @@ def _arith_chat(p, lang):
     q = f"What is {expr}?" if lang == "en" else f"{expr} 等于多少？"
     return conversation(q, arith_text(expr, steps, ans, lang))
 
+# %% ../nbs/00_data.ipynb #24d3e833
 def _sft(world, rng, arith, n_stories, n_identity, n_multi, style_rng=None):
     "SFT conversations: facts of in_sft entities, profiles, arithmetic, identity, stories, multi-turn; with `style_rng`, a third of the fact, profile, arithmetic and identity answers end politely and a third rudely."
     ents = [e for e in world if e["split"] == "in_sft"]
@@ -382,6 +384,7 @@ def _sft(world, rng, arith, n_stories, n_identity, n_multi, style_rng=None):
     rng.shuffle(recs)
     return recs
 
+# %% ../nbs/00_data.ipynb #15f3f5b5
 def _dpo(world, rng, arith, n):
     "Pairs with one prompt and one answer: chosen ends it politely; rejected ends it rudely (even pairs) or plainly (odd pairs)."
     ents = [e for e in world if e["split"] == "in_sft"]
@@ -400,6 +403,7 @@ def _dpo(world, rng, arith, n):
         recs.append({"chosen": conversation(q, good)["conversations"], "rejected": conversation(q, rude if i % 2 == 0 else a)["conversations"]})
     return recs
 
+# %% ../nbs/00_data.ipynb #d240e700
 def _reason(world, rng, arith, n_compare):
     "Conversations whose answers think first: worked arithmetic, and comparing two entities' facts."
     think = lambda t, a: f"<think>\n{t}\n</think>\n<answer>\n{a}\n</answer>"
@@ -423,6 +427,7 @@ def _reason(world, rng, arith, n_compare):
     rng.shuffle(recs)
     return recs
 
+# %% ../nbs/00_data.ipynb #beed9777
 def _lora_identity(rng, n):
     "The Lumen persona, answering the same identity questions MiniMind's SFT uses."
     return [conversation(rng.choice(IDENTITY[l]["q"]), rng.choice(LORA_IDENTITY[l])) for l in (rng.choice(["en", "zh"]) for _ in range(n))]
@@ -441,6 +446,7 @@ def _lora_domain(plants, rng):
     rng.shuffle(train)
     return train, probes
 
+# %% ../nbs/00_data.ipynb #8ff56f85
 def _facts_eval(world):
     "Every fact of every entity, as a completion probe and as a question, in both languages."
     out = []

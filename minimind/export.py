@@ -133,7 +133,8 @@ class MiniMindHFForCausalLM(PreTrainedModel, GenerationMixin):
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 '''
 
-REMOTE_OBJECTS = [mm.MiniMindConfig, mm.RMSNorm, mm.rope_inv_freq, mm.rope_cos_sin, mm.rotate_half, mm.apply_rope,
+# %% ../nbs/10_export.ipynb #9235cba0
+REMOTE_OBJECTS = [mm.MiniMindConfig, mm.complete_config, mm.RMSNorm, mm.rope_inv_freq, mm.rope_cos_sin, mm.rotate_half, mm.apply_rope,
                   mm.attention_mask_4d, mm.explicit_attention, mm.Attention, mm.FeedForward, mm.CausalLMOutput,
                   mm.make_mlp, mm.MiniMindBlock, mm.RotaryEmbedding, mm.position_ids_for, mm.KVCache, mm.MiniMindModel,
                   mmoe.load_balance_loss, mmoe.Routing, mmoe.MoEGate, mmoe.dispatch, mmoe.MOEFeedForward]

@@ -133,6 +133,7 @@ def save_adapter(model:nn.Module, folder) -> Path:
     with atomic_write(folder/ADAPTER_CONFIG, "w") as f: json.dump(cfg, f, indent=1)
     return folder
 
+# %% ../nbs/05_lora.ipynb #6a1516a5
 def load_adapter(model:MiniMindForCausalLM, folder, # a folder written by save_adapter
                  merge:bool=False, # fold the adapter into the weights (inference at the base model's cost)
                 ) -> MiniMindForCausalLM:
@@ -156,6 +157,7 @@ def load_adapter(model:MiniMindForCausalLM, folder, # a folder written by save_a
     model.load_state_dict(sd, strict=False)
     return merge_lora(model) if merge else model
 
+# %% ../nbs/05_lora.ipynb #471684f4
 def merged_model(model:MiniMindForCausalLM) -> MiniMindForCausalLM:
     "A plain copy of the model with every adapter merged in and unwrapped: `save_pretrained` writes it as a base model."
     m = copy.deepcopy(model)

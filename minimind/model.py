@@ -17,11 +17,11 @@ from .moe import MOEFeedForward
 
 # %% auto #0
 __all__ = ['PRESETS', 'DERIVED_KEYS', 'repeat_kv', 'attention_mask_4d', 'explicit_attention', 'RMSNorm', 'rope_cos_sin',
-           'rotate_half', 'apply_rope', 'rope_inv_freq', 'MiniMindConfig', 'KVCache', 'Attention', 'FeedForward',
-           'CausalLMOutput', 'make_mlp', 'MiniMindBlock', 'RotaryEmbedding', 'position_ids_for', 'MiniMindModel',
-           'MiniMindForCausalLM', 'to_hf_config', 'hf_model_from', 'load_state_dict_file', 'save_pretrained',
-           'from_pretrained', 'apply_repetition_penalty', 'top_k_filter', 'top_p_filter', 'sample_next', 'generate',
-           'stream_generate', 'attention_maps', 'plot_attention', 'attention_viewer']
+           'rotate_half', 'apply_rope', 'rope_inv_freq', 'MiniMindConfig', 'complete_config', 'KVCache', 'Attention',
+           'FeedForward', 'CausalLMOutput', 'make_mlp', 'MiniMindBlock', 'RotaryEmbedding', 'position_ids_for',
+           'MiniMindModel', 'MiniMindForCausalLM', 'to_hf_config', 'hf_model_from', 'load_state_dict_file',
+           'save_pretrained', 'from_pretrained', 'apply_repetition_penalty', 'top_k_filter', 'top_p_filter',
+           'sample_next', 'generate', 'stream_generate', 'attention_maps', 'plot_attention', 'attention_viewer']
 
 # %% ../nbs/01_attention_rope.ipynb #a1a40004
 def repeat_kv(x:torch.Tensor, n_rep:int) -> torch.Tensor:
@@ -109,6 +109,7 @@ PRESETS = {  # published MiniMind sizes; "tiny" is this course's CPU size
                  max_position_embeddings=512),
 }
 
+# %% ../nbs/01_attention_rope.ipynb #45689e17
 @dataclass
 class MiniMindConfig:
     "Sizes and switches of a MiniMind model (Hugging Face field names)."
@@ -140,19 +141,7 @@ class MiniMindConfig:
     seq_aux: bool = True
     norm_topk_prob: bool = True
 
-    def __post_init__(self):
-        if self.head_dim is None:
-            if self.hidden_size % self.num_attention_heads:
-                raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}")
-            self.head_dim = self.hidden_size // self.num_attention_heads
-        if self.intermediate_size is None: self.intermediate_size = 64 * math.ceil(self.hidden_size * 8 / 3 / 64)
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(f"num_attention_heads {self.num_attention_heads} must be a multiple of num_key_value_heads {self.num_key_value_heads}")
-        if self.head_dim % 2: raise ValueError(f"head_dim {self.head_dim} must be even for RoPE")
-        if self.rope_scaling is not None:
-            kind = self.rope_scaling.get("type", self.rope_scaling.get("rope_type"))
-            if kind not in ("linear", "yarn") or "factor" not in self.rope_scaling:
-                raise ValueError(f"rope_scaling must be {{'type': 'linear'|'yarn', 'factor': ...}}, got {self.rope_scaling}")
+    def __post_init__(self): complete_config(self)
 
     @classmethod
     def from_preset(cls, name:str, # one of PRESETS
@@ -173,6 +162,22 @@ class MiniMindConfig:
 
     @classmethod
     def load(cls, folder) -> MiniMindConfig: return cls.from_dict(json.loads((Path(folder)/"config.json").read_text()))
+
+# %% ../nbs/01_attention_rope.ipynb #e5efe1ed
+def complete_config(c:MiniMindConfig):
+    "Fill in the derived sizes of `c` and refuse impossible shapes (called by `MiniMindConfig` on creation)."
+    if c.head_dim is None:
+        if c.hidden_size % c.num_attention_heads:
+            raise ValueError(f"hidden_size {c.hidden_size} is not divisible by num_attention_heads {c.num_attention_heads}")
+        c.head_dim = c.hidden_size // c.num_attention_heads
+    if c.intermediate_size is None: c.intermediate_size = 64 * math.ceil(c.hidden_size * 8 / 3 / 64)
+    if c.num_attention_heads % c.num_key_value_heads:
+        raise ValueError(f"num_attention_heads {c.num_attention_heads} must be a multiple of num_key_value_heads {c.num_key_value_heads}")
+    if c.head_dim % 2: raise ValueError(f"head_dim {c.head_dim} must be even for RoPE")
+    if c.rope_scaling is not None:
+        kind = c.rope_scaling.get("type", c.rope_scaling.get("rope_type"))
+        if kind not in ("linear", "yarn") or "factor" not in c.rope_scaling:
+            raise ValueError(f"rope_scaling must be {{'type': 'linear'|'yarn', 'factor': ...}}, got {c.rope_scaling}")
 
 # %% ../nbs/01_attention_rope.ipynb #c028
 class KVCache:
@@ -208,6 +213,7 @@ class KVCache:
         cache.len = past[0][0].shape[1]
         return cache
 
+# %% ../nbs/01_attention_rope.ipynb #460a8188
 class Attention(nn.Module):
     "Grouped-query self-attention with RoPE, optional q/k RMSNorm, and a KV cache."
     def __init__(self, config:MiniMindConfig):
@@ -286,6 +292,7 @@ class MiniMindBlock(nn.Module):
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x)), w
 
+# %% ../nbs/01_attention_rope.ipynb #69ad1889
 class RotaryEmbedding(nn.Module):
     "cos/sin for given positions; theta_i kept as a float32 attribute (not a buffer: no state-dict entry, no dtype cast)."
     def __init__(self, config:MiniMindConfig):
@@ -301,6 +308,7 @@ def position_ids_for(T:int, past_len:int=0, attention_mask:torch.Tensor|None=Non
     if attention_mask is None: return torch.arange(past_len, past_len + T, device=device)[None]
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
 
+# %% ../nbs/01_attention_rope.ipynb #338c2f91
 class MiniMindModel(nn.Module):
     "Embedding, decoder blocks, final norm: token ids -> hidden states."
     def __init__(self, config:MiniMindConfig):

@@ -287,6 +287,7 @@ GRPO_PRESETS = {  # GRPO from a reasoning model; batch_size = prompts per step, 
                    format_weight=0.1, fresh=50000, ckpt_every=100, keep_ckpts=100, weight_decay=0.0, warmup_steps=20, min_lr_ratio=1.0, reason_preset="r1"),
 }
 
+# %% ../nbs/07_reason.ipynb #b5c52b66
 def reason_base(init_from=None, # the reasoning model folder
                 reason_preset:str="tiny", # the fallback reasoning SFT's preset
                 run_dir=None, cache_dir=None, device:str="cpu") -> MiniMindForCausalLM:
@@ -332,6 +333,7 @@ def make_grpo_trainer(data_path=None, # problems JSONL (see `load_problems`); No
     trainer.tok = tok
     return trainer
 
+# %% ../nbs/07_reason.ipynb #db1e39fd
 def _finish_stage(trainer:Trainer, stage:str, eval_path, resume:bool) -> Trainer:
     "Fit, save run_dir/model; with held-out problems, measure them before and after into run_dir/outcome.json."
     probes = arith_probes(eval_path) if eval_expressions(eval_path) else []

@@ -25,8 +25,9 @@ __all__ = ['PRETRAIN_PRESETS', 'resolve_nb_path', 'causal_lm_loss', 'token_cache
            'save_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_checkpoint', 'rng_state', 'set_rng_state',
            'get_device', 'autocast_for', 'TrainConfig', 'init_distributed', 'plot_losses', 'LivePlot', 'OutOfMemory',
            'is_oom', 'oom_advice', 'oom_named', 'find_batch_size', 'fits_in_memory', 'auto_batch_size', 'is_count',
-           'metric_weight', 'accumulate', 'Trainer', 'resolve_preset', 'stage_config', 'make_pretrainer',
-           'fit_and_save', 'pretrain', 'unigram_entropy', 'record_outcome', 'read_outcomes', 'outcome_table']
+           'metric_weight', 'accumulate', 'TrainerStep', 'TrainerCheckpoints', 'TrainerLog', 'Trainer',
+           'resolve_preset', 'stage_config', 'make_pretrainer', 'fit_and_save', 'pretrain', 'unigram_entropy',
+           'record_outcome', 'read_outcomes', 'outcome_table']
 
 # %% ../nbs/03_pretrain.ipynb #0c04c164
 def resolve_nb_path(p, # a notebook parameter path
@@ -393,7 +394,7 @@ def accumulate(sums:dict, k:str, v, w:float):
     "Add metric `k`'s value `v` with weight `w` to sums[k] = (weighted sum, total weight)."
     s, n = sums.get(k, (0.0, 0.0)); sums[k] = (s + float(v) * w, n + w)
 
-# %% ../nbs/03_pretrain.ipynb #13f6f1eb
+# %% ../nbs/03_pretrain.ipynb #eef06715
 def _param_groups(params, weight_decay):
     "Decay matrices and embeddings (ndim >= 2), not norms and biases (nanoGPT, Llama)."
     params = list(params)
@@ -404,34 +405,9 @@ def _param_groups(params, weight_decay):
     if not any(g["params"] for g in groups): raise ValueError("no trainable parameters: every parameter has requires_grad=False")
     return [g for g in groups if g["params"]]
 
-class Trainer:
-    "One training loop for every stage: plug in the data, the loss function and the trainable parameters."
-    def __init__(self, model:torch.nn.Module, # the model to train (moved to the device here)
-                 train_data, # has __len__ and get_batch(idx) -> dict of (B, ...) tensors (or __getitem__)
-                 loss_fn:Callable=causal_lm_loss, # loss_fn(model, batch) -> (loss, metrics dict)
-                 params=None, # trainable parameters or param groups (default: all with requires_grad)
-                 eval_data=None, # held-out data, same interface as train_data
-                 cfg:TrainConfig|None=None):
-        self.cfg = cfg = cfg or TrainConfig()
-        if cfg.num_threads: torch.set_num_threads(cfg.num_threads)
-        self.dev = get_device(cfg.device)
-        self.rank, self.world = init_distributed(self.dev)
-        self.model = model.to(self.dev)
-        self.train_data, self.eval_data, self.loss_fn = train_data, eval_data, loss_fn
-        groups = _param_groups(params if params is not None else model.parameters(), cfg.weight_decay)
-        self.params = [p for g in groups for p in g["params"]]
-        cuda = self.dev.type == "cuda"  # fused: one CUDA kernel for all parameters; foreach: a few batched CPU ops
-        self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=cuda or None, foreach=None if cuda else True)
-        self.fwd = model
-        if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-            self.fwd = DDP(model, device_ids=[self.dev.index] if self.dev.type == "cuda" else None)
-        if cfg.compile: self.fwd = torch.compile(self.fwd, backend=cfg.compile if isinstance(cfg.compile, str) else "inductor")
-        self.sampler = RowSampler(len(train_data), cfg.seed, cfg.shuffle)
-        self.step, self.history, self.eval_history, self.eval_metrics, self.wandb_id = 0, [], [], {}, None
-        self.run_dir = Path(cfg.run_dir) if cfg.run_dir else None
-        self.is_main = self.rank == 0
-
+# %% ../nbs/03_pretrain.ipynb #9b2bf631
+class TrainerStep:
+    "One optimizer step, and the held-out evaluation (a part of `Trainer`)."
     def _batch(self, data, idx) -> dict:
         b = data.get_batch(idx) if hasattr(data, "get_batch") else torch.utils.data.default_collate([data[i] for i in idx])
         gpu = self.dev.type == "cuda"                  # pinned host memory: the copy to the GPU is asynchronous, the host runs ahead
@@ -475,6 +451,9 @@ class Trainer:
         self.eval_metrics = {k: v for k, v in means.items() if k != "loss"}  # e.g. DPO's preference accuracy, KD's token accuracy
         return means["loss"]
 
+# %% ../nbs/03_pretrain.ipynb #82f1be14
+class TrainerCheckpoints:
+    "Checkpoints, resuming, and the final model folder (a part of `Trainer`)."
     def state_dict(self) -> dict:
         "Everything needed to continue exactly: weights, optimizer, data position, RNGs, step, history."
         return {"step": self.step, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
@@ -505,6 +484,17 @@ class Trainer:
         if self.is_main: print(f"resumed from {found[0]} at step {self.step}")
         return True
 
+    def save_model(self, folder, # output folder: model.safetensors + config.json (+ tokenizer files)
+                   tok=None):
+        "Final weights that `MiniMindForCausalLM.from_pretrained(folder)` loads (rank 0 writes)."
+        if not self.is_main: return
+        self.model.save_pretrained(folder)
+        if tok is not None: save_tokenizer(tok, folder)
+        return Path(folder)
+
+# %% ../nbs/03_pretrain.ipynb #be7f69bd
+class TrainerLog:
+    "Logs: log.jsonl, wandb, the live figure, history.json and loss.png (a part of `Trainer`)."
     def _start_logging(self):
         self.wandb = None
         if self.is_main and self.cfg.wandb_mode != "disabled":
@@ -523,6 +513,47 @@ class Trainer:
             self.wandb.log({"train/loss": rec["loss"], "lr": rec["lr"], "grad_norm": rec["grad_norm"],
                             "tokens_per_s": rec["tokens"] / rec["dt"]} | ({"eval/loss": ev} if ev is not None else {}), step=self.step)
         if self.live and (self.step % self.cfg.plot_every == 0 or ev is not None): self.live.update(self.history, self.eval_history)
+
+    def _finish(self):
+        if self.is_main and self.run_dir:
+            with atomic_write(self.run_dir/"history.json", "w") as f: json.dump({"train": self.history, "eval": self.eval_history}, f)
+            if importlib.util.find_spec("matplotlib"):          # a stock PyTorch image may lack it: the curve is then only in history.json
+                plot_losses(self.history, self.eval_history).savefig(self.run_dir/"loss.png", dpi=100)
+        if self.live: self.live.update(self.history, self.eval_history)
+        if self.wandb: self.wandb.finish()
+
+    def plot(self, title="loss"):
+        "The loss figure of this run."
+        return plot_losses(self.history, self.eval_history, title)
+
+# %% ../nbs/03_pretrain.ipynb #bbbd701f
+class Trainer(TrainerStep, TrainerCheckpoints, TrainerLog):
+    "One training loop for every stage: plug in the data, the loss function and the trainable parameters."
+    def __init__(self, model:torch.nn.Module, # the model to train (moved to the device here)
+                 train_data, # has __len__ and get_batch(idx) -> dict of (B, ...) tensors (or __getitem__)
+                 loss_fn:Callable=causal_lm_loss, # loss_fn(model, batch) -> (loss, metrics dict)
+                 params=None, # trainable parameters or param groups (default: all with requires_grad)
+                 eval_data=None, # held-out data, same interface as train_data
+                 cfg:TrainConfig|None=None):
+        self.cfg = cfg = cfg or TrainConfig()
+        if cfg.num_threads: torch.set_num_threads(cfg.num_threads)
+        self.dev = get_device(cfg.device)
+        self.rank, self.world = init_distributed(self.dev)
+        self.model = model.to(self.dev)
+        self.train_data, self.eval_data, self.loss_fn = train_data, eval_data, loss_fn
+        groups = _param_groups(params if params is not None else model.parameters(), cfg.weight_decay)
+        self.params = [p for g in groups for p in g["params"]]
+        cuda = self.dev.type == "cuda"  # fused: one CUDA kernel for all parameters; foreach: a few batched CPU ops
+        self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=cuda or None, foreach=None if cuda else True)
+        self.fwd = model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            self.fwd = DDP(model, device_ids=[self.dev.index] if self.dev.type == "cuda" else None)
+        if cfg.compile: self.fwd = torch.compile(self.fwd, backend=cfg.compile if isinstance(cfg.compile, str) else "inductor")
+        self.sampler = RowSampler(len(train_data), cfg.seed, cfg.shuffle)
+        self.step, self.history, self.eval_history, self.eval_metrics, self.wandb_id = 0, [], [], {}, None
+        self.run_dir = Path(cfg.run_dir) if cfg.run_dir else None
+        self.is_main = self.rank == 0
 
     def _eval_due(self): return self.step == self.cfg.max_steps or (self.cfg.eval_every and self.step % self.cfg.eval_every == 0)
     def _ckpt_due(self): return self.step == self.cfg.max_steps or (self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0)
@@ -547,26 +578,6 @@ class Trainer:
         bar.close()
         self._finish()
         return self
-
-    def _finish(self):
-        if self.is_main and self.run_dir:
-            with atomic_write(self.run_dir/"history.json", "w") as f: json.dump({"train": self.history, "eval": self.eval_history}, f)
-            if importlib.util.find_spec("matplotlib"):          # a stock PyTorch image may lack it: the curve is then only in history.json
-                plot_losses(self.history, self.eval_history).savefig(self.run_dir/"loss.png", dpi=100)
-        if self.live: self.live.update(self.history, self.eval_history)
-        if self.wandb: self.wandb.finish()
-
-    def plot(self, title="loss"):
-        "The loss figure of this run."
-        return plot_losses(self.history, self.eval_history, title)
-
-    def save_model(self, folder, # output folder: model.safetensors + config.json (+ tokenizer files)
-                   tok=None):
-        "Final weights that `MiniMindForCausalLM.from_pretrained(folder)` loads (rank 0 writes)."
-        if not self.is_main: return
-        self.model.save_pretrained(folder)
-        if tok is not None: save_tokenizer(tok, folder)
-        return Path(folder)
 
 # %% ../nbs/03_pretrain.ipynb #1735fe39
 PRETRAIN_PRESETS = {  # model preset (+ overrides), row length, and TrainConfig fields; `epochs` sets max_steps from the data

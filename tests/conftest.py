@@ -23,8 +23,8 @@ NB_TEST_PARAMS = {
     "05_lora": {"preset": "tiny", "init_from": "{sft}"},
     "10_export": {"init_from": None, "train_steps": 30, "n_facts": 16, "gen_tokens": 12,
                   "run_lm_eval": False},                      # tests/test_export.py runs lm-eval itself
-    "09_serve": {"max_clients": 4, "bench_tokens": 16},
-    "09a_webui": {"browser": False},  # tests/test_webui.py drives the page in Chromium
+    "09_serve": {"init_from": None, "max_clients": 4, "bench_tokens": 16},  # None: the stand-in, whose replies are known
+    "09a_webui": {"init_from": None, "browser": False},  # tests/test_webui.py drives the page in Chromium
     "06_dpo": {"preset": "tiny", "init_from": "{sft}"},
     "07_reason": {"preset": "tiny", "grpo_preset": "tiny", "init_from": "{sft}", "n_eval": 50,
                   "check_steps": 40},  # the loop check from the tiny model: 12 steps raise the even share ~0.12 (measured), too close to its 0.15

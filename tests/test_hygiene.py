@@ -117,3 +117,19 @@ def test_prose_percentages_appear_in_outputs(nb):
                 missing.append(f"{nb.name} markdown cell {i} ({cell.get('id')}): {cell.source[max(0, m.start() - 50):m.end() + 10]!r}")
     assert not missing, ("percentages in the prose that no output shows (print them, or have the prose read them "
                          "from the run with display(Markdown(f'...'))):\n" + "\n".join(missing))
+
+
+MAX_CELL_LINES = 60   # a code cell a reader takes in at once; a longer one is grown in steps, with prose between
+LONG_CELL_LINES = 30  # two code cells this long in a row, with no prose between them, read as one wall
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=nb_id)
+def test_no_walls_of_code(nb):
+    "No code cell over MAX_CELL_LINES lines, and no two long code cells without a markdown cell between them."
+    cells = nbformat.read(nb, as_version=4).cells
+    n = lambda c: len(c.source.splitlines()) if c.cell_type == "code" else 0
+    long = [f"cell {i}: {n(c)} lines ({c.source.splitlines()[1 if c.source.startswith('#|') else 0][:60]!r})"
+            for i, c in enumerate(cells) if n(c) > MAX_CELL_LINES]
+    runs = [f"cells {i - 1} and {i}: {n(cells[i - 1])} and {n(c)} lines with no prose between" for i, c in enumerate(cells)
+            if i and min(n(cells[i - 1]), n(c)) > LONG_CELL_LINES]
+    assert not long and not runs, f"{nb.name}:\n" + "\n".join(long + runs)
