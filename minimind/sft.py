@@ -222,7 +222,7 @@ def sft_measures(model, tok, facts_path=None, # facts_eval.jsonl: chat questions
                  arith_path=None, # arith_eval.jsonl: held-out arithmetic questions
                  name:str="MiniMind", # the name the identity answers should give
                  n_arith:int=48, max_new_tokens:int=48) -> dict:
-    "Asked through the chat template: replies that stop, that answer the question asked, facts answered right (by language), identity."
+    "Asked through the chat template: replies that stop, that answer the question asked, facts answered right (by language), identity; `rows`: each question's reply."
     out, qs = {}, []
     if facts_path: qs += [(f["prompt"], f["entity"], f) for f in load_probes(facts_path) if f.get("style") == "ask" and f.get("split") == "pretrain_only"]
     if arith_path: qs += [(a["prompt"], a["expression"], None) for a in load_probes(arith_path)[:n_arith]]
@@ -235,6 +235,7 @@ def sft_measures(model, tok, facts_path=None, # facts_eval.jsonl: chat questions
             rows = [{**f, "reply": r, "ok": first_choice(r, f["choices"]) == f["answer"]} for f, r in facts]
             out["facts"], out["facts_by_lang"], out["fact_rows"] = float(np.mean([r["ok"] for r in rows])), by_lang(rows), rows
         out["examples"] = [(q, r) for (q, _, _), (r, _) in zip(qs, replies)][::max(1, len(qs) // 4)][:4]
+        out["rows"] = [{"prompt": q, "topic": topic, "reply": r, "ended": e, "on_topic": e and topic in r} for (q, topic, _), (r, e) in zip(qs, replies)]
     iq = [q for lang in ("en", "zh") for q in IDENTITY[lang]["q"]]
     out["identity_replies"] = chat_replies(model, tok, iq, 32)
     out["identity"] = float(np.mean([name in r for r, _ in out["identity_replies"]]))

@@ -25,9 +25,9 @@ __all__ = ['PRETRAIN_PRESETS', 'resolve_nb_path', 'causal_lm_loss', 'token_cache
            'save_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_checkpoint', 'rng_state', 'set_rng_state',
            'get_device', 'autocast_for', 'TrainConfig', 'init_distributed', 'plot_losses', 'LivePlot', 'OutOfMemory',
            'is_oom', 'oom_advice', 'oom_named', 'find_batch_size', 'fits_in_memory', 'auto_batch_size', 'is_count',
-           'metric_weight', 'accumulate', 'TrainerStep', 'TrainerCheckpoints', 'TrainerLog', 'Trainer',
-           'resolve_preset', 'stage_config', 'make_pretrainer', 'fit_and_save', 'pretrain', 'unigram_entropy',
-           'record_outcome', 'read_outcomes', 'outcome_table']
+           'metric_weight', 'accumulate', 'rows_on', 'held_out_metrics', 'TrainerStep', 'TrainerCheckpoints',
+           'TrainerLog', 'Trainer', 'resolve_preset', 'stage_config', 'make_pretrainer', 'fit_and_save', 'pretrain',
+           'unigram_entropy', 'record_outcome', 'read_outcomes', 'outcome_table']
 
 # %% ../nbs/03_pretrain.ipynb #0c04c164
 def resolve_nb_path(p, # a notebook parameter path
@@ -394,6 +394,27 @@ def accumulate(sums:dict, k:str, v, w:float):
     "Add metric `k`'s value `v` with weight `w` to sums[k] = (weighted sum, total weight)."
     s, n = sums.get(k, (0.0, 0.0)); sums[k] = (s + float(v) * w, n + w)
 
+def rows_on(data, idx, dev:torch.device) -> dict:
+    "Rows `idx` of `data` (its get_batch, else __getitem__ collated) as a batch on `dev`; pinned host memory makes a copy to a GPU asynchronous."
+    b = data.get_batch(idx) if hasattr(data, "get_batch") else torch.utils.data.default_collate([data[i] for i in idx])
+    gpu = dev.type == "cuda"
+    return {k: (v.pin_memory() if gpu and v.device.type == "cpu" else v).to(dev, non_blocking=gpu) if torch.is_tensor(v) else v for k, v in b.items()}
+
+@torch.no_grad()
+def held_out_metrics(model, data, # a model, and held-out data with get_batch (or __getitem__)
+                     loss_fn:Callable=causal_lm_loss, batch_size:int=8,
+                     batches:int|None=None, # the first `batches` batches (None: all of `data`)
+                     dtype:str="auto") -> dict:
+    "'loss' (the loss_fn's 'ce' metric when it reports one) and every metric over held-out data, each weighted by what it counts; the model is scored in eval mode."
+    was, dev, sums = model.training, next(model.parameters()).device, {}
+    model.eval()
+    for i in range(0, len(data) if batches is None else min(len(data), batch_size * batches), batch_size):
+        batch = rows_on(data, np.arange(i, min(i + batch_size, len(data))), dev)
+        with autocast_for(dev, dtype): loss, m = loss_fn(model, batch)
+        for k, v in {"loss": m.get("ce", loss), **m}.items(): accumulate(sums, k, v, metric_weight(m, "ce" if k == "loss" else k, batch))
+    model.train(was)
+    return {k: s / max(w, 1e-12) for k, (s, w) in sums.items() if not is_count(k)}
+
 # %% ../nbs/03_pretrain.ipynb #eef06715
 def _param_groups(params, weight_decay):
     "Decay matrices and embeddings (ndim >= 2), not norms and biases (nanoGPT, Llama)."
@@ -408,10 +429,7 @@ def _param_groups(params, weight_decay):
 # %% ../nbs/03_pretrain.ipynb #9b2bf631
 class TrainerStep:
     "One optimizer step, and the held-out evaluation (a part of `Trainer`)."
-    def _batch(self, data, idx) -> dict:
-        b = data.get_batch(idx) if hasattr(data, "get_batch") else torch.utils.data.default_collate([data[i] for i in idx])
-        gpu = self.dev.type == "cuda"                  # pinned host memory: the copy to the GPU is asynchronous, the host runs ahead
-        return {k: (v.pin_memory() if gpu and v.device.type == "cpu" else v).to(self.dev, non_blocking=gpu) if torch.is_tensor(v) else v for k, v in b.items()}
+    def _batch(self, data, idx) -> dict: return rows_on(data, idx, self.dev)
 
     def train_step(self) -> dict:
         "One optimizer step over `grad_accum` micro-batches; returns the step's record."
@@ -437,17 +455,10 @@ class TrainerStep:
         return {"step": self.step, "loss": loss, "lr": lr, "grad_norm": gnorm,
                 "tokens": int(n_tok) * self.world, "dt": time.perf_counter() - t0}
 
-    @torch.no_grad()
     def evaluate(self) -> float:
-        "Held-out loss (the loss_fn's 'ce' metric when it reports one) over the first `eval_batches` batches, weighted by what each batch counts; every metric in `eval_metrics`."
+        "Held-out loss over the first `eval_batches` batches (`held_out_metrics`); its other metrics go to `eval_metrics`."
         if self.eval_data is None: return float("nan")
-        self.model.eval(); bs, sums = self.cfg.batch_size, {}
-        for i in range(0, min(len(self.eval_data), bs * self.cfg.eval_batches), bs):
-            batch = self._batch(self.eval_data, np.arange(i, min(i + bs, len(self.eval_data))))
-            with autocast_for(self.dev, self.cfg.dtype): loss, m = self.loss_fn(self.model, batch)
-            for k, v in {"loss": m.get("ce", loss), **m}.items(): accumulate(sums, k, v, metric_weight(m, "ce" if k == "loss" else k, batch))
-        self.model.train()
-        means = {k: s / max(w, 1e-12) for k, (s, w) in sums.items() if not is_count(k)}
+        means = held_out_metrics(self.model, self.eval_data, self.loss_fn, self.cfg.batch_size, self.cfg.eval_batches, self.cfg.dtype)
         self.eval_metrics = {k: v for k, v in means.items() if k != "loss"}  # e.g. DPO's preference accuracy, KD's token accuracy
         return means["loss"]
 

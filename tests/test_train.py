@@ -10,7 +10,7 @@ import torch
 from minimind.data import DataError
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.tokenizer import BOS_ID, EOS_ID, PAD_ID, load_tokenizer
-from minimind.train import (CheckpointError, PackedDataset, RowSampler, TrainConfig, Trainer, atomic_write, latest_checkpoint,
+from minimind.train import (CheckpointError, PackedDataset, held_out_metrics, RowSampler, TrainConfig, Trainer, atomic_write, latest_checkpoint,
                             list_checkpoints, load_checkpoint, lr_at, pretrain, save_checkpoint, token_file_meta, tokenize_corpus)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -293,3 +293,6 @@ def test_held_out_loss_and_metrics_do_not_depend_on_the_batch_size(tok):
     with torch.no_grad(): whole = torch.nn.functional.cross_entropy(model(**{k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}).logits.flatten(0, 1),
                                                                    batch["labels"].flatten(), ignore_index=-100).item()
     assert abs(l3 - whole) < 1e-4, (l3, whole)
+    model.train()                                      # the one scorer, called directly (notebook 08 does): same numbers, mode restored
+    m = held_out_metrics(model, held, kd_loss, batch_size=5)
+    assert abs(m["loss"] - l3) < 1e-5 and abs(m["acc"] - a3) < 1e-6 and model.training, (m, l3, a3)
