@@ -221,7 +221,8 @@ def run_webui(a:argparse.Namespace) -> int:
     return launch(a.model, a.adapter, a.host, a.port, a.device)
 
 # %% ../nbs/99_cli.ipynb #d63eb2b5
-COURSE_PARAMS = {"03_pretrain": {"preset": "course", "n_facts": None}}  # per-notebook papermill overrides of the main job
+COURSE_PARAMS = {"03_pretrain": {"preset": "course", "n_facts": None},  # per-notebook papermill overrides of the main job
+                 "08_distill": {"sweep_steps": 0}}   # exercise 2's temperature sweep: a learner's experiment, not the stage (46 s on the critical path)
 
 CHAT_STAGES = ("04_sft",)  # the stage whose model the main job chats with at the end (the newest model otherwise)
 
