@@ -229,13 +229,13 @@ def sft_measures(model, tok, facts_path=None, # facts_eval.jsonl: chat questions
     if qs:
         replies = chat_replies(model, tok, [q for q, _, _ in qs], max_new_tokens)
         out["stops"] = float(np.mean([e for _, e in replies]))
-        out["on_topic"] = float(np.mean([e and topic in r for (r, e), (_, topic, _) in zip(replies, qs)]))
+        out["rows"] = [{"prompt": q, "topic": topic, "reply": r, "ended": e, "on_topic": e and topic in r} for (q, topic, _), (r, e) in zip(qs, replies)]
+        out["on_topic"] = float(np.mean([row["on_topic"] for row in out["rows"]]))   # ends its turn and names what was asked
         facts = [(f, r) for (r, _), (_, _, f) in zip(replies, qs) if f is not None]
         if facts:
             rows = [{**f, "reply": r, "ok": first_choice(r, f["choices"]) == f["answer"]} for f, r in facts]
             out["facts"], out["facts_by_lang"], out["fact_rows"] = float(np.mean([r["ok"] for r in rows])), by_lang(rows), rows
         out["examples"] = [(q, r) for (q, _, _), (r, _) in zip(qs, replies)][::max(1, len(qs) // 4)][:4]
-        out["rows"] = [{"prompt": q, "topic": topic, "reply": r, "ended": e, "on_topic": e and topic in r} for (q, topic, _), (r, e) in zip(qs, replies)]
     iq = [q for lang in ("en", "zh") for q in IDENTITY[lang]["q"]]
     out["identity_replies"] = chat_replies(model, tok, iq, 32)
     out["identity"] = float(np.mean([name in r for r, _ in out["identity_replies"]]))

@@ -27,7 +27,7 @@ __all__ = ['PRETRAIN_PRESETS', 'resolve_nb_path', 'causal_lm_loss', 'token_cache
            'is_oom', 'oom_advice', 'oom_named', 'find_batch_size', 'fits_in_memory', 'auto_batch_size', 'is_count',
            'metric_weight', 'accumulate', 'rows_on', 'held_out_metrics', 'TrainerStep', 'TrainerCheckpoints',
            'TrainerLog', 'Trainer', 'resolve_preset', 'stage_config', 'make_pretrainer', 'fit_and_save', 'pretrain',
-           'unigram_entropy', 'record_outcome', 'read_outcomes', 'outcome_table']
+           'unigram_entropy', 'record_outcome', 'read_outcomes', 'outcome_table', 'headline_outcomes']
 
 # %% ../nbs/03_pretrain.ipynb #0c04c164
 def resolve_nb_path(p, # a notebook parameter path
@@ -699,3 +699,7 @@ def outcome_table(rows:list[dict]) -> str:
     lines = ["| stage | key | metric | before | after |", "|---|---|---|---|---|"]
     lines += [f"| {r.get('stage', '')} | {r.get('key', '')} | {_cell(r['metric'])} | {_fmt(r.get('before'), r.get('unit', ''))} | {_fmt(r.get('after'), r.get('unit', ''))} |" for r in rows]
     return "\n".join(lines)
+
+def headline_outcomes(folder) -> list[dict]:
+    "The rows with a stable `key` (one headline per measure) of `read_outcomes(folder)`: the table the front page and README quote."
+    return [r for r in read_outcomes(folder) if r.get("key")]
