@@ -700,6 +700,7 @@ def outcome_table(rows:list[dict]) -> str:
     lines += [f"| {r.get('stage', '')} | {r.get('key', '')} | {_cell(r['metric'])} | {_fmt(r.get('before'), r.get('unit', ''))} | {_fmt(r.get('after'), r.get('unit', ''))} |" for r in rows]
     return "\n".join(lines)
 
+# %% ../nbs/03_pretrain.ipynb #f2554f90
 def headline_outcomes(folder) -> list[dict]:
     "The rows with a stable `key` (one headline per measure) of `read_outcomes(folder)`: the table the front page and README quote."
     return [r for r in read_outcomes(folder) if r.get("key")]
