@@ -67,15 +67,15 @@ TRAIN_STAGES = {  # stage -> its library function, presets, default sample files
                     args=[("--student", dict(help="'half' (every other teacher layer, copied), a model preset name (fresh) or a model folder")),
                           ("--temperature", dict(type=float, help="softening temperature T (default: the preset's)")),
                           ("--alpha", dict(type=float, help="weight of the data's cross-entropy; 1 - alpha on the KL (default: the preset's, 0.5)"))]),
-    "reason": dict(run="minimind.reason:reason", presets="minimind.reason:REASON_PRESETS", data="reason", eval="arith_eval",
+    "reason": dict(run="minimind.reason:reason", presets="minimind.reason:REASON_PRESETS", data=None, eval=None,   # None: the preset's generated problems
                    help="reasoning SFT: <think>…</think><answer>…</answer> replies from worked solutions (notebook 07)",
                    init="the SFT chat model folder (default: a quick SFT on the sample first)",
                    args=[("--tag-weight", dict(type=float, help="loss weight of the <think>/<answer> tag tokens (default 1; MiniMind: 10)")),
-                         ("--fresh", dict(type=int, help="calculator-worked arithmetic problems added to the data (default: the preset's)"))]),
-    "grpo": dict(run="minimind.reason:grpo", presets="minimind.reason:GRPO_PRESETS", data="reason", eval="arith_eval",
-                 help="GRPO: reinforcement learning with a reward a program checks, on arithmetic (notebook 07)",
-                 init="the reasoning model folder (default: a quick reasoning SFT on the sample first)",
-                 args=[("--fresh", dict(type=int, help="arithmetic problems from the sample's generator added to --data's (default: the preset's)")),
+                         ("--fresh", dict(type=int, help="worked problems of the preset's task added to the data (default: the preset's; course: 5040 sums)"))]),
+    "grpo": dict(run="minimind.reason:grpo", presets="minimind.reason:GRPO_PRESETS", data=None, eval=None,
+                 help="GRPO: reinforcement learning with a reward a program checks, on column addition (notebook 07)",
+                 init="the reasoning model folder (default: a quick reasoning SFT first)",
+                 args=[("--fresh", dict(type=int, help="problems of the preset's task added to --data's (default: the preset's)")),
                        ("--group-size", dict(type=int, help="answers sampled per prompt (G)")),
                        ("--beta", dict(type=float, help="weight of the KL penalty to the starting model"))]),
 }
@@ -91,8 +91,10 @@ def add_train_args(p:argparse.ArgumentParser, stage:str) -> argparse.ArgumentPar
     "Arguments of `minimind train <stage>` (None = the preset's value)."
     s = TRAIN_STAGES[stage]
     p.add_argument("--preset", default="tiny", help=f"a preset name (see {s['presets'].replace(':', '.')}); tiny is a CPU smoke run")
-    p.add_argument("--data", default=None, help=f"training JSONL (default: the bundled sample dataset/{s['data']}.jsonl)")
-    p.add_argument("--eval-data", default=None, help=f"held-out JSONL (default: the sample's {s['eval']}.jsonl when training on the sample)")
+    p.add_argument("--data", default=None, help=f"training JSONL (default: the bundled sample dataset/{s['data']}.jsonl)" if s["data"] else
+                   "training JSONL, added to the preset's generated problems (default: none)")
+    p.add_argument("--eval-data", default=None, help=f"held-out JSONL (default: the sample's {s['eval']}.jsonl when training on the sample)" if s["eval"] else
+                   "held-out problems JSONL (default: the preset's generated held-out problems)")
     p.add_argument("--out", default=f"runs/{stage}", help="run folder: checkpoints/, loss.png, history.json, model/")
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
     p.add_argument("--init-from", help=s["init"])
@@ -121,7 +123,8 @@ def run_train(a:argparse.Namespace) -> int:
     s = TRAIN_STAGES[a.stage]; presets = _ref(s["presets"])
     if a.preset not in presets: raise CLIError(f"unknown preset {a.preset!r}; choose from {', '.join(presets)}")
     check_files(a.data, a.eval_data)
-    data, eval_data = a.data or sample_path(s["data"]), a.eval_data or (None if a.data else sample_path(s["eval"]))
+    sample = lambda name: sample_path(name) if name else None                 # None: the stage generates its own problems
+    data, eval_data = a.data or sample(s["data"]), a.eval_data or (None if a.data else sample(s["eval"]))
     extra = {k: v for k in (f.lstrip("-").replace("-", "_") for f, _ in s.get("args", [])) if (v := getattr(a, k)) is not None}
     t0 = time.time()
     t = _ref(s["run"])(data, a.preset, resume=a.resume, eval_path=eval_data, run_dir=a.out, cache_dir=a.cache_dir,
@@ -222,6 +225,7 @@ def run_webui(a:argparse.Namespace) -> int:
 
 # %% ../nbs/99_cli.ipynb #d63eb2b5
 COURSE_PARAMS = {"03_pretrain": {"preset": "course", "n_facts": None},  # per-notebook papermill overrides of the main job
+                 "07_reason": {"compare_weight": None, "aside_steps": 0},   # 7.6's comparisons (tag weight 10, the sentence-steps task): lessons, not the stage
                  "08_distill": {"sweep_steps": 0}}   # exercise 2's temperature sweep: a learner's experiment, not the stage (46 s on the critical path)
 
 CHAT_STAGES = ("04_sft",)  # the stage whose model the main job chats with at the end (the newest model otherwise)

@@ -1,4 +1,4 @@
-"""Reasoning in a `<think>…</think><answer>…</answer>` template: distillation from worked solutions with the tags as single tokens (with and without extra weight on them), then GRPO with a reward a program can check, all on the one `Trainer`, measured on held-out arithmetic.
+"""Reasoning in a `<think>…</think><answer>…</answer>` template: distillation from worked solutions a tiny model can follow (column addition, the carries written out), then GRPO with a reward a program can check, all on the one `Trainer`, measured on held-out sums.
 
 Docs: https://minimind-course.github.io/minimind/reason.html.md"""
 
@@ -6,13 +6,13 @@ Docs: https://minimind-course.github.io/minimind/reason.html.md"""
 
 # %% ../nbs/07_reason.ipynb #59bf824e
 from __future__ import annotations
-import copy, random, re, tempfile
+import copy, itertools, random, re, tempfile
 from functools import partial
 from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from .data import arith_problem, iter_jsonl, sample_path, write_jsonl
+from .data import arith_problem, iter_jsonl, write_jsonl
 from .model import MiniMindForCausalLM
 from .score import by_lang, chat_replies, generate_batch, label_logprobs, pad_batch
 from .sft import SFTData, SFTDataset, base_model, chat_base, load_sft
@@ -20,11 +20,13 @@ from .tokenizer import EOS_ID, SPECIAL_TOKENS, THINK_TOKENS, encode_chat, load_t
 from .train import Trainer, autocast_for, fit_and_save, list_checkpoints, load_checkpoint, record_outcome, resolve_preset, stage_config
 
 # %% auto #0
-__all__ = ['TAG_IDS', 'REASON_RE', 'QUESTION', 'THINKING', 'REASON_PRESETS', 'GRPO_PRESETS', 'parse_reasoning', 'final_number',
-           'score_reply', 'solve_steps', 'worked_chat', 'ask', 'fresh_expressions', 'question_expr', 'arith_probes',
-           'reason_measures', 'weighted_lm_loss', 'concat_sft', 'load_chats', 'eval_expressions', 'make_reason_trainer',
-           'checkpoint_measures', 'group_advantages', 'kl_k3', 'grpo_loss', 'reasoning_reward', 'GRPORollouts',
-           'reason_base', 'load_problems', 'make_grpo_trainer', 'reason', 'grpo']
+__all__ = ['TAG_IDS', 'REASON_RE', 'QUESTION', 'THINKING', 'TASKS', 'HELDOUT_SEED', 'REASON_PRESETS', 'GRPO_PRESETS',
+           'parse_reasoning', 'final_number', 'score_reply', 'solve_steps', 'sentence_teacher', 'worked_chat', 'ask',
+           'question_expr', 'arith_probes', 'column_steps', 'column_teacher', 'fresh_expressions',
+           'heldout_expressions', 'reason_measures', 'eval_expressions', 'stage_heldout', 'weighted_lm_loss',
+           'concat_sft', 'load_chats', 'make_reason_trainer', 'checkpoint_measures', 'group_advantages', 'kl_k3',
+           'grpo_loss', 'reasoning_reward', 'GRPORollouts', 'reason_base', 'load_problems', 'make_grpo_trainer',
+           'reason', 'grpo']
 
 # %% ../nbs/07_reason.ipynb #c0978311
 TAG_IDS = tuple(SPECIAL_TOKENS.index(t) for t in THINK_TOKENS)  # <think>, </think>, <answer>, </answer>: single tokens, ids 3-6
@@ -76,23 +78,20 @@ def solve_steps(expr:str, # e.g. "(2 + 6) × 12": integers, + - ×, brackets
 QUESTION = {"en": "What is {e}?", "zh": "{e} 等于多少？"}              # the sample's two phrasings
 THINKING = {"en": lambda steps: " Then ".join(s + "." for s in steps), "zh": lambda steps: "，然后".join(steps) + "。"}
 
-def worked_chat(expr:str, lang:str="en") -> dict:
-    "A reasoning conversation for `expr` in the sample's template: the question, the worked steps in <think>, the result in <answer>."
+def sentence_teacher(expr:str, lang:str="en") -> tuple[str, str]:
+    "The calculator's worked solution, (thinking, answer): its steps as the sample's sentences, then the expression with its value."
     steps, ans = solve_steps(expr)
-    reply = f"<think>\n{THINKING[lang](steps)}\n</think>\n<answer>\n{expr} = {ans}\n</answer>"
+    return THINKING[lang](steps), f"{expr} = {ans}"
+
+def worked_chat(expr:str, lang:str="en", teacher=sentence_teacher) -> dict:
+    "A reasoning conversation for `expr`: the question in `lang`, the teacher's (thinking, answer) in the template."
+    think, answer = teacher(expr, lang)
+    reply = f"<think>\n{think}\n</think>\n<answer>\n{answer}\n</answer>"
     return {"conversations": [{"role": "user", "content": QUESTION[lang].format(e=expr)}, {"role": "assistant", "content": reply}]}
 
 def ask(expr:str, lang:str="en") -> dict:
     "A problem row {prompt, answer, expression, lang}: what evaluation and rollouts ask, and what the checker knows."
     return {"prompt": QUESTION[lang].format(e=expr), "answer": str(solve_steps(expr)[1]), "expression": expr, "lang": lang}
-
-def fresh_expressions(n:int, seed:int=0, exclude=()) -> list[str]:
-    "`n` distinct expressions from the sample's generator (`minimind.data.arith_problem`), none of them in `exclude`."
-    rng, seen, out = random.Random(seed), set(exclude), []
-    while len(out) < n:
-        e = arith_problem(rng)[0]
-        if e not in seen: seen.add(e); out.append(e)
-    return out
 
 def question_expr(question:str) -> tuple[str, str]|None:
     "(expression, language) of a question in one of the sample's phrasings, else None."
@@ -100,12 +99,47 @@ def question_expr(question:str) -> tuple[str, str]|None:
         if m := re.fullmatch(re.escape(q).replace(r"\{e\}", "(.+)"), question): return m.group(1), lang
     return None
 
-def arith_probes(path, # held-out problems JSONL with "expression" (arith_eval.jsonl)
-                 langs=("en", "zh"), n:int|None=None, # problems per language (None: all)
-                ) -> list[dict]:
-    "Each held-out expression asked in each language."
-    exprs = [r["expression"] for r in iter_jsonl(path, kind="eval")][:n]
+def arith_probes(exprs:list[str], # held-out expressions
+                 langs=("en", "zh")) -> list[dict]:
+    "Each held-out expression asked in each language (all English first)."
     return [ask(e, l) for l in langs for e in exprs]
+
+# %% ../nbs/07_reason.ipynb #2931279b
+def column_steps(expr:str, # "a + b": two non-negative integers
+                ) -> tuple[list[str], int]:
+    "Column addition, right to left: one line 'x+y+carry=sum' per column (the sum's tens digit is the next carry); and the value."
+    m = re.fullmatch(r"(\d+) \+ (\d+)", expr.strip())
+    if m is None: raise ValueError(f"column addition adds two numbers written 'a + b'; got {expr!r}")
+    a, b = m.groups()
+    lines, carry = [], 0
+    for x, y in itertools.zip_longest(map(int, a[::-1]), map(int, b[::-1]), fillvalue=0):   # the shorter number has zeros on the left
+        s = x + y + carry
+        lines.append(f"{x}+{y}+{carry}={s}"); carry = s // 10
+    return lines, int(a) + int(b)
+
+def column_teacher(expr:str, lang:str="en") -> tuple[str, str]:
+    "Column addition's worked solution, (thinking, answer): one line per column, then the sum alone (the same in every language)."
+    lines, ans = column_steps(expr)
+    return "\n".join(lines), str(ans)
+
+TASKS = {  # a task: how to draw a problem, and the teacher who works it
+    "steps":   dict(draw=lambda rng: arith_problem(rng)[0], teacher=sentence_teacher),                          # the sample's arithmetic: + - × and brackets
+    "columns": dict(draw=lambda rng: f"{rng.randint(10, 99)} + {rng.randint(10, 99)}", teacher=column_teacher),   # two-digit sums, 8100 of them
+}
+HELDOUT_SEED = 1234  # the seed held-out problems are drawn with; training draws use the run's seed and exclude them
+
+def fresh_expressions(n:int, seed:int=0, exclude=(), task:str="steps") -> list[str]:
+    "`n` distinct expressions from `task`'s generator, none of them in `exclude`."
+    rng, seen, out, draw = random.Random(seed), set(exclude), [], TASKS[task]["draw"]
+    for _ in range(20 * n + 10_000):                              # a bounded search: asking for more than exist is an error, not a hang
+        if len(out) == n: return out
+        e = draw(rng)
+        if e not in seen: seen.add(e); out.append(e)
+    raise ValueError(f"found only {len(out)} distinct {task!r} problems outside the {len(set(exclude))} excluded; asked for {n}")
+
+def heldout_expressions(task:str, n:int) -> list[str]:
+    "The task's held-out problems: `n` drawn with HELDOUT_SEED (every training draw excludes them)."
+    return fresh_expressions(n, HELDOUT_SEED, task=task)
 
 # %% ../nbs/07_reason.ipynb #be2043fe
 def reason_measures(model, tok, probes:list[dict], # problem rows (`ask`, `arith_probes`)
@@ -116,12 +150,25 @@ def reason_measures(model, tok, probes:list[dict], # problem rows (`ask`, `arith
     out = {k: float(np.mean([r[k] for r in rows])) for k in ("format", "exact", "strict")}
     return out | {"exact_by_lang": by_lang(rows, "exact"), "rows": rows}
 
-REASON_PRESETS = {  # reasoning SFT from a chat model; `fresh`: calculator-worked problems added to the data; TrainConfig fields
-    "tiny":   dict(seq_len=128, max_steps=80, batch_size=8, lr=2e-3, warmup_steps=5, eval_every=20, ckpt_every=10, keep_ckpts=100, fresh=1000, sft_preset="tiny"),
-    "course": dict(seq_len=128, max_steps=80, batch_size=8, lr=2e-3, warmup_steps=5, eval_every=20, ckpt_every=10, keep_ckpts=100, fresh=3000, sft_preset="course"),
-    "r1":     dict(seq_len=1024, epochs=1, batch_size=16, grad_accum=8, lr=5e-5, warmup_steps=100, eval_every=500, ckpt_every=500, fresh=0, sft_preset="zero"),
+REASON_PRESETS = {  # reasoning SFT from a chat model: `task` (TASKS), `fresh` worked problems of it, `heldout` problems; TrainConfig fields
+    "tiny":      dict(task="columns", fresh=2000, heldout=50, seq_len=48, pack=False, max_steps=60, batch_size=16, lr=3e-3, warmup_steps=5, min_lr_ratio=0.1,
+                      eval_every=20, ckpt_every=20, keep_ckpts=100, sft_preset="tiny"),
+    "course":    dict(task="columns", fresh=5040, heldout=100, seq_len=48, pack=False, max_steps=210, batch_size=24, lr=3e-3, warmup_steps=10, min_lr_ratio=0.1,
+                      eval_every=30, ckpt_every=15, keep_ckpts=100, sft_preset="course"),
+    "sentences": dict(task="steps", fresh=3000, heldout=200, seq_len=128, max_steps=80, batch_size=8, lr=2e-3, warmup_steps=5,   # the aside (7.6)
+                      eval_every=20, ckpt_every=10, keep_ckpts=100, sft_preset="course"),
+    "r1":        dict(task="steps", fresh=0, heldout=200, seq_len=1024, epochs=1, batch_size=16, grad_accum=8, lr=5e-5, warmup_steps=100, eval_every=500, ckpt_every=500, sft_preset="zero"),
 }
 
+def eval_expressions(eval_path) -> list[str]:
+    "The expressions of a held-out problems file (rows without one are skipped)."
+    return [r["expression"] for r in iter_jsonl(eval_path, kind="eval") if "expression" in r] if eval_path else []
+
+def stage_heldout(p:dict, # resolved preset settings (`task`, `heldout`)
+                  eval_path=None, # a held-out problems file; None: the task's own held-out set
+                  n:int|None=None) -> list[str]:
+    "A run's held-out expressions: the file's, else `p['heldout']` of the task's (`heldout_expressions`); the first `n` if given."
+    return (eval_expressions(eval_path) if eval_path else heldout_expressions(p["task"], p["heldout"]))[:n]
 
 # %% ../nbs/07_reason.ipynb #d8cbff43
 def weighted_lm_loss(model, batch:dict, # {'input_ids', 'labels'} (B, T), labels shifted, -100 = ignore (+ optional 'attention_mask', 'position_ids')
@@ -154,38 +201,38 @@ def load_chats(records:list[dict], tok, max_len:int) -> SFTData:
         write_jsonl(Path(d)/"chats.jsonl", records)
         return load_sft(Path(d)/"chats.jsonl", tok, max_len, kind="reason")
 
-def eval_expressions(eval_path) -> list[str]:
-    "The expressions of a held-out problems file (rows without one are skipped)."
-    return [r["expression"] for r in iter_jsonl(eval_path, kind="eval") if "expression" in r] if eval_path else []
-
-def make_reason_trainer(data_path, # reasoning conversations JSONL (<think>…</think><answer>…</answer> replies)
+def make_reason_trainer(data_path=None, # reasoning conversations JSONL to train on besides the generated ones (None: those only)
                         preset:str="tiny", # a REASON_PRESETS name
-                        eval_path=None, # held-out problems (arith_eval.jsonl): excluded from `fresh`; their worked solutions are the held-out set
+                        eval_path=None, # held-out problems JSONL (None: the preset's task's own, `stage_heldout`); their worked solutions are the held-out set
                         init_from=None, # the SFT model folder (see `chat_base`)
                         run_dir=None, tok=None, cache_dir=None, skip_bad:bool=False,
                         tag_weight:float=1.0, # extra loss weight on the tag tokens (MiniMind: 10)
-                        fresh:int|None=None, # calculator-worked problems added to the data (None: the preset's)
+                        fresh:int|None=None, # worked problems of the preset's task added to the data (None: the preset's)
                         model=None, # start from (a copy of) this model instead of init_from
                         **overrides) -> Trainer:
-    "The data, base model and Trainer of a reasoning-SFT run (call `.fit()` on it)."
+    "The data, base model and Trainer of a reasoning-SFT run (call `.fit()` on it); `trainer.probes` are the held-out problems."
     p = resolve_preset(preset, REASON_PRESETS, **overrides)
-    tok, L = tok or load_tokenizer(), p["seq_len"] + 1
-    held = eval_expressions(eval_path)
-    extra = [worked_chat(e, ("en", "zh")[i % 2]) for i, e in enumerate(fresh_expressions(p.get("fresh", 0) if fresh is None else fresh, p.get("seed", 42), held))]
-    data = load_sft(data_path, tok, L, kind="reason", skip_bad=skip_bad)
-    train = SFTDataset(concat_sft(data, load_chats(extra, tok, L)) if extra else data, p["seq_len"])
-    heldout = SFTDataset(load_chats([worked_chat(e, l) for l in ("en", "zh") for e in held], tok, L), p["seq_len"]) if held else None
+    tok, L, pack = tok or load_tokenizer(), p["seq_len"] + 1, p.get("pack", True)
+    held, teacher = stage_heldout(p, eval_path), TASKS[p["task"]]["teacher"]
+    n = p.get("fresh", 0) if fresh is None else fresh
+    extra = [worked_chat(e, ("en", "zh")[i % 2], teacher) for i, e in enumerate(fresh_expressions(n, p.get("seed", 42), held, p["task"]))]
+    parts = ([load_sft(data_path, tok, L, kind="reason", skip_bad=skip_bad)] if data_path else []) + ([load_chats(extra, tok, L)] if extra else [])
+    if not parts: raise ValueError("reasoning SFT has nothing to train on: give a data file or fresh > 0")
+    train = SFTDataset(concat_sft(*parts), p["seq_len"], pack=pack)
+    heldout = SFTDataset(load_chats([worked_chat(e, l, teacher) for l in ("en", "zh") for e in held], tok, L), p["seq_len"], pack=pack) if held else None
     cfg = stage_config(p, len(train), run_dir)
     model = copy.deepcopy(model) if model is not None else chat_base(init_from, p.get("sft_preset", "tiny"), run_dir, cache_dir, cfg.device if cfg.device != "auto" else "cpu")
     trainer = Trainer(model, train, partial(weighted_lm_loss, tag_weight=tag_weight), eval_data=heldout, cfg=cfg)
-    trainer.tok = tok
+    trainer.tok, trainer.probes = tok, arith_probes(held)
     return trainer
 
 def checkpoint_measures(trainer:Trainer, probes:list[dict], max_new_tokens:int=64) -> list[dict]:
-    "`reason_measures` of every checkpoint the trainer kept in run_dir/checkpoints, oldest first: {step, format, exact, strict}."
-    model, out = copy.deepcopy(trainer.model), []
+    "`reason_measures` of every checkpoint this run wrote to run_dir/checkpoints, oldest first: {step, format, exact, strict}."
+    model, out, every = copy.deepcopy(trainer.model), [], trainer.cfg.ckpt_every
     for path in sorted(list_checkpoints(trainer.ckpt_dir)):
-        state = load_checkpoint(path); model.load_state_dict(state["model"])
+        state = load_checkpoint(path)
+        if state["step"] > trainer.step or (state["step"] % every and state["step"] != trainer.step): continue   # an earlier run's, left in the folder
+        model.load_state_dict(state["model"])
         m = reason_measures(model, trainer.tok, probes, max_new_tokens)
         out.append({"step": state["step"], **{k: m[k] for k in ("format", "exact", "strict")}})
     return out
@@ -277,13 +324,13 @@ class GRPORollouts:
 
 # %% ../nbs/07_reason.ipynb #1c31a037
 GRPO_PRESETS = {  # GRPO from a reasoning model; batch_size = prompts per step, group_size = answers per prompt; TrainConfig fields
-    "tiny":   dict(max_steps=4, batch_size=4, group_size=4, max_new_tokens=48, temperature=1.0, lr=1e-4, beta=0.04, clip_eps=0.2,
-                   format_weight=0.1, fresh=500, ckpt_every=3, keep_ckpts=100, weight_decay=0.0, warmup_steps=0, min_lr_ratio=1.0, reason_preset="tiny"),
-    "course": dict(max_steps=12, batch_size=8, group_size=8, max_new_tokens=64, temperature=1.0, lr=1e-4, beta=0.04, clip_eps=0.2,
-                   format_weight=0.1, fresh=4000, ckpt_every=4, keep_ckpts=100, weight_decay=0.0, warmup_steps=0, min_lr_ratio=1.0, reason_preset="course"),
-    "long":   dict(max_steps=300, batch_size=16, group_size=8, max_new_tokens=64, temperature=1.0, lr=1e-4, beta=0.04, clip_eps=0.2,
-                   format_weight=0.1, fresh=20000, ckpt_every=25, keep_ckpts=100, weight_decay=0.0, warmup_steps=0, min_lr_ratio=1.0, reason_preset="course"),
-    "gpu":    dict(max_steps=1000, batch_size=32, group_size=8, max_new_tokens=256, temperature=1.0, lr=2e-6, beta=0.04, clip_eps=0.2,
+    "tiny":   dict(task="columns", heldout=50, max_steps=4, batch_size=4, group_size=4, max_new_tokens=32, temperature=1.0, lr=1e-4, beta=0.04, clip_eps=0.2,
+                   format_weight=0.1, fresh=500, ckpt_every=2, keep_ckpts=100, weight_decay=0.0, warmup_steps=0, min_lr_ratio=1.0, reason_preset="tiny"),
+    "course": dict(task="columns", heldout=100, max_steps=40, batch_size=16, group_size=8, max_new_tokens=32, temperature=1.0, lr=5e-5, beta=0.0, clip_eps=0.2,
+                   format_weight=0.1, fresh=640, ckpt_every=10, keep_ckpts=100, weight_decay=0.0, warmup_steps=3, min_lr_ratio=1.0, reason_preset="course"),
+    "long":   dict(task="columns", heldout=100, max_steps=300, batch_size=16, group_size=8, max_new_tokens=32, temperature=1.0, lr=5e-5, beta=0.04, clip_eps=0.2,
+                   format_weight=0.1, fresh=4800, ckpt_every=25, keep_ckpts=100, weight_decay=0.0, warmup_steps=3, min_lr_ratio=1.0, reason_preset="course"),
+    "gpu":    dict(task="steps", heldout=200, max_steps=1000, batch_size=32, group_size=8, max_new_tokens=256, temperature=1.0, lr=2e-6, beta=0.04, clip_eps=0.2,
                    format_weight=0.1, fresh=50000, ckpt_every=100, keep_ckpts=100, weight_decay=0.0, warmup_steps=20, min_lr_ratio=1.0, reason_preset="r1"),
 }
 
@@ -291,9 +338,9 @@ GRPO_PRESETS = {  # GRPO from a reasoning model; batch_size = prompts per step, 
 def reason_base(init_from=None, # the reasoning model folder
                 reason_preset:str="tiny", # the fallback reasoning SFT's preset
                 run_dir=None, cache_dir=None, device:str="cpu") -> MiniMindForCausalLM:
-    "The model GRPO starts from: `init_from` if it exists, else a quick reasoning SFT on the bundled sample (which makes its own SFT model first)."
+    "The model GRPO starts from: `init_from` if it exists, else a quick reasoning SFT on generated problems (which makes its own SFT model first)."
     def fallback():
-        return reason(sample_path("reason"), reason_preset, eval_path=sample_path("arith_eval"), run_dir=Path(run_dir)/"base" if run_dir else None,
+        return reason(None, reason_preset, run_dir=Path(run_dir)/"base" if run_dir else None,
                       cache_dir=cache_dir, device=device, progress=False, live_plot=False).model
     return base_model(init_from, fallback, f"a reasoning model (preset {reason_preset!r})")
 
@@ -309,20 +356,20 @@ def load_problems(path) -> list[dict]:
 
 def make_grpo_trainer(data_path=None, # problems JSONL (see `load_problems`); None: only `fresh` problems
                       preset:str="tiny", # a GRPO_PRESETS name
-                      eval_path=None, # held-out problems: never trained on
+                      eval_path=None, # held-out problems JSONL: never trained on (None: the preset's task's own)
                       init_from=None, # the reasoning model folder (see `reason_base`)
                       run_dir=None, tok=None, cache_dir=None, skip_bad:bool=False,
-                      fresh:int|None=None, # problems from the sample's generator added (None: the preset's)
+                      fresh:int|None=None, # problems of the preset's task added (None: the preset's)
                       model=None, # start from (a copy of) this model instead of init_from
                       reward_fn=None, # (text, problem) -> (reward, flags); default `reasoning_reward` with the preset's format_weight
                       **overrides) -> Trainer:
-    "Problems, policy, frozen reference, rollouts and the Trainer of a GRPO run (call `.fit()` on it)."
+    "Problems, policy, frozen reference, rollouts and the Trainer of a GRPO run (call `.fit()` on it); `trainer.probes` are the held-out problems."
     p = resolve_preset(preset, GRPO_PRESETS, **overrides)
     tok = tok or load_tokenizer()
-    held = set(eval_expressions(eval_path))
-    problems = [q for q in load_problems(data_path) if q.get("expression") not in held] if data_path else []
+    held = stage_heldout(p, eval_path)
+    problems = [q for q in load_problems(data_path) if q.get("expression") not in set(held)] if data_path else []
     n = p.get("fresh", 0) if fresh is None else fresh
-    problems += [ask(e, ("en", "zh")[i % 2]) for i, e in enumerate(fresh_expressions(n, p.get("seed", 42) + 1, held | {q.get("expression") for q in problems}))]
+    problems += [ask(e, ("en", "zh")[i % 2]) for i, e in enumerate(fresh_expressions(n, p.get("seed", 42) + 1, set(held) | {q.get("expression") for q in problems}, p["task"]))]
     if not problems: raise ValueError(f"{data_path}: no problems to train on (and fresh=0)")
     cfg = stage_config(p, len(problems), run_dir)
     model = copy.deepcopy(model) if model is not None else reason_base(init_from, p.get("reason_preset", "tiny"), run_dir, cache_dir, cfg.device if cfg.device != "auto" else "cpu")
@@ -330,28 +377,27 @@ def make_grpo_trainer(data_path=None, # problems JSONL (see `load_problems`); No
     rollouts = GRPORollouts(model, tok, problems, p["group_size"], p["max_new_tokens"], p["temperature"], p.get("top_p", 1.0), ref=ref,
                             reward_fn=reward_fn or partial(reasoning_reward, format_weight=p["format_weight"]), seed=cfg.seed, dtype=cfg.dtype)
     trainer = Trainer(model, rollouts, partial(grpo_loss, clip_eps=p["clip_eps"], beta=p["beta"]), cfg=cfg)
-    trainer.tok = tok
+    trainer.tok, trainer.probes = tok, arith_probes(held)
     return trainer
 
 # %% ../nbs/07_reason.ipynb #db1e39fd
-def _finish_stage(trainer:Trainer, stage:str, eval_path, resume:bool) -> Trainer:
-    "Fit, save run_dir/model; with held-out problems, measure them before and after into run_dir/outcome.json."
-    probes = arith_probes(eval_path) if eval_expressions(eval_path) else []
+def _finish_stage(trainer:Trainer, stage:str, resume:bool) -> Trainer:
+    "Fit, save run_dir/model; measure the held-out problems (`trainer.probes`) before and after into run_dir/outcome.json."
+    probes = trainer.probes
     before = reason_measures(trainer.model, trainer.tok, probes) if probes and trainer.is_main else None
     fit_and_save(trainer, resume)
-    if trainer.run_dir and trainer.is_main:
-        if probes:
-            after = reason_measures(trainer.model, trainer.tok, probes)
-            record_outcome(trainer.run_dir, stage, [{"metric": f"held-out arithmetic: {name}", "before": before[k], "after": after[k], "unit": "%"}
-                                                    for k, name in (("format", "format compliance"), ("exact", "exact match"))])
-            print(f"{stage}: held-out arithmetic ({len(probes)} problems): format compliance {before['format']:.1%} -> {after['format']:.1%}, "
-                  f"exact match {before['exact']:.1%} -> {after['exact']:.1%}")
+    if trainer.run_dir and trainer.is_main and probes:
+        after = reason_measures(trainer.model, trainer.tok, probes)
+        record_outcome(trainer.run_dir, stage, [{"metric": f"held-out arithmetic: {name}", "before": before[k], "after": after[k], "unit": "%"}
+                                                for k, name in (("format", "format compliance"), ("exact", "exact match"))])
+        print(f"{stage}: held-out arithmetic ({len(probes)} problems): format compliance {before['format']:.1%} -> {after['format']:.1%}, "
+              f"exact match {before['exact']:.1%} -> {after['exact']:.1%}")
     return trainer
 
-def reason(data_path, preset:str="tiny", resume:bool=False, **kwargs) -> Trainer:
-    "A whole reasoning-SFT run: fit, save run_dir/model, measure the held-out problems (`eval_path`) before and after."
-    return _finish_stage(make_reason_trainer(data_path, preset, **kwargs), "reason", kwargs.get("eval_path"), resume)
+def reason(data_path=None, preset:str="tiny", resume:bool=False, **kwargs) -> Trainer:
+    "A whole reasoning-SFT run: fit, save run_dir/model, measure the held-out problems before and after."
+    return _finish_stage(make_reason_trainer(data_path, preset, **kwargs), "reason", resume)
 
 def grpo(data_path=None, preset:str="tiny", resume:bool=False, **kwargs) -> Trainer:
-    "A whole GRPO run: fit, save run_dir/model, measure the held-out problems (`eval_path`) before and after."
-    return _finish_stage(make_grpo_trainer(data_path, preset, **kwargs), "grpo", kwargs.get("eval_path"), resume)
+    "A whole GRPO run: fit, save run_dir/model, measure the held-out problems before and after."
+    return _finish_stage(make_grpo_trainer(data_path, preset, **kwargs), "grpo", resume)

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import torch
 from .model import MiniMindConfig, MiniMindForCausalLM
-from .tokenizer import EOS_ID, StreamDecoder, encode_chat, load_tokenizer, save_tokenizer
+from .score import pad_batch
+from .tokenizer import EOS_ID, PAD_ID, StreamDecoder, encode_chat, load_tokenizer, save_tokenizer
 
 # %% ../nbs/09_serve.ipynb #7fb095da
 STAND_IN_CHATS = {"What is 2+2?": "<think>\nTwo plus two makes four.\n</think>\n<answer>\n4\n</answer>",
@@ -36,8 +37,7 @@ def stand_in_model(folder, # where the model and its tokenizer are saved
         p = encode_chat(tok, [{"role": "user", "content": q}], add_generation_prompt=True)
         ids = encode_chat(tok, [{"role": "user", "content": q}, {"role": "assistant", "content": a}])[:-1]  # ends at <|im_end|>
         rows.append((ids, [-100] * len(p) + ids[len(p):]))                                                  # loss on the reply only
-    T = max(len(i) for i, _ in rows)
-    ids = torch.tensor([i + [0] * (T - len(i)) for i, _ in rows]); labels = torch.tensor([l + [-100] * (T - len(l)) for _, l in rows])
+    ids, labels = (pad_batch([r[k] for r in rows], pad_id=pad)[0] for k, pad in ((0, PAD_ID), (1, -100)))   # right-padded: (B, T) each
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     for _ in range(steps):
         loss = model(ids, labels=labels).loss; opt.zero_grad(); loss.backward(); opt.step()

@@ -27,7 +27,7 @@ __all__ = ['PRETRAIN_PRESETS', 'resolve_nb_path', 'causal_lm_loss', 'token_cache
            'is_oom', 'oom_advice', 'oom_named', 'find_batch_size', 'fits_in_memory', 'auto_batch_size', 'is_count',
            'metric_weight', 'accumulate', 'rows_on', 'held_out_metrics', 'TrainerStep', 'TrainerCheckpoints',
            'TrainerLog', 'Trainer', 'resolve_preset', 'stage_config', 'make_pretrainer', 'fit_and_save', 'pretrain',
-           'unigram_entropy', 'record_outcome', 'read_outcomes', 'outcome_table', 'headline_outcomes']
+           'unigram_entropy', 'record_outcome', 'read_outcomes', 'outcome_table', 'headline_outcomes', 'latest_runs']
 
 # %% ../nbs/03_pretrain.ipynb #0c04c164
 def resolve_nb_path(p, # a notebook parameter path
@@ -704,3 +704,7 @@ def outcome_table(rows:list[dict]) -> str:
 def headline_outcomes(folder) -> list[dict]:
     "The rows with a stable `key` (one headline per measure) of `read_outcomes(folder)`: the table the front page and README quote."
     return [r for r in read_outcomes(folder) if r.get("key")]
+
+def latest_runs(root=".") -> Path|None:
+    "The runs folder to quote: the last main job's (root/runs/course) if it recorded outcomes, else the notebooks' own (root/runs); None before any run."
+    return next((p for p in (Path(root)/"runs"/"course", Path(root)/"runs") if any(p.glob("*/outcome.json"))), None)

@@ -26,7 +26,7 @@ NB_TEST_PARAMS = {
     "09_serve": {"init_from": None, "max_clients": 4, "bench_tokens": 16},  # None: the stand-in, whose replies are known
     "09a_webui": {"init_from": None, "browser": False},  # tests/test_webui.py drives the page in Chromium
     "06_dpo": {"preset": "tiny", "init_from": "{sft}"},
-    "07_reason": {"preset": "tiny", "grpo_preset": "tiny", "init_from": "{sft}", "n_eval": 50,
+    "07_reason": {"preset": "tiny", "grpo_preset": "tiny", "init_from": "{sft}", "n_eval": 50, "aside_steps": 10,
                   "check_steps": 40},  # the loop check from the tiny model: 12 steps raise the even share ~0.12 (measured), too close to its 0.15
     "08_distill": {"preset": "tiny", "init_from": "{sft}", "sweep_steps": 3},
 }
@@ -45,7 +45,7 @@ OUTCOME_FLOORS = {
                "held-out questions: polite share of the endings' probability": (0.3, 0.05)},
     "07_reason": {"held-out arithmetic: format compliance, SFT model -> reasoning SFT": (0.6, 0.5),   # tiny, measured: 0% -> 96%
                   "GRPO loop check (7.10): share of even answers, first 2 -> last 3 steps": (0.6, 0.15)},  # tiny: 55% -> 81%
-                  # (held-out exact match is not floored: GRPO at this size does not raise it; the notebook says so)
+                  # (held-out exact match is not floored here: the tiny model's 60 steps teach the template, not the sums; the main job checks the course targets)
     "08_distill": {"held-out loss, student trained with the teacher (KD)": (2.6, 0.2),    # tiny, measured: 2.41 (token-weighted)
                    "held-out distillation loss (T²·KL to the teacher) at equal steps: CE student -> KD student": (0.2, 0.1)},
 }

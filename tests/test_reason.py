@@ -12,9 +12,10 @@ import torch.nn.functional as F
 
 from minimind.data import iter_jsonl
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
-from minimind.reason import (TAG_IDS, GRPORollouts, arith_probes, ask, concat_sft, final_number, fresh_expressions, group_advantages,
-                             grpo_loss, kl_k3, load_chats, load_problems, make_grpo_trainer, parse_reasoning, question_expr,
-                             reasoning_reward, score_reply, solve_steps, weighted_lm_loss, worked_chat)
+from minimind.reason import (REASON_PRESETS, TAG_IDS, GRPORollouts, arith_probes, ask, column_steps, column_teacher, concat_sft, eval_expressions,
+                             final_number, fresh_expressions, group_advantages, grpo_loss, heldout_expressions, kl_k3, load_chats, load_problems,
+                             make_grpo_trainer, make_reason_trainer, parse_reasoning, question_expr, reasoning_reward, score_reply, solve_steps,
+                             stage_heldout, weighted_lm_loss, worked_chat)
 from minimind.score import label_logprobs
 from minimind.sft import SFTDataset, load_sft
 from minimind.tokenizer import THINK_TOKENS, load_tokenizer
@@ -74,7 +75,7 @@ def test_fresh_problems_avoid_the_held_out_set_and_repeat_with_the_seed():
     a, b = fresh_expressions(2000, seed=3, exclude=held), fresh_expressions(2000, seed=3, exclude=held)
     assert a == b and len(set(a)) == 2000 and not set(a) & held
     assert fresh_expressions(50, seed=4) != a[:50]
-    probes = arith_probes(ARITH, n=5)
+    probes = arith_probes(eval_expressions(ARITH)[:5])
     assert [p["lang"] for p in probes] == ["en"] * 5 + ["zh"] * 5 and probes[5]["prompt"].endswith("等于多少？")
 
 
@@ -201,12 +202,12 @@ def test_cli_reason_then_grpo(tmp_path):
     "`minimind train reason` then `minimind train grpo` on its model: the same code path as the notebook, measured on held-out problems."
     base = tmp_path / "sft"
     torch.manual_seed(0); MiniMindForCausalLM(MiniMindConfig.from_preset("tiny", num_hidden_layers=2)).save_pretrained(base)
-    held = tmp_path / "held.jsonl"
-    held.write_text("".join(open(ARITH, encoding="utf-8").readlines()[:4]), encoding="utf-8")
+    held = tmp_path / "held.jsonl"                                                          # four sums: the tiny preset's task is column addition
+    held.write_text("".join(json.dumps(ask(e)) + "\n" for e in ["47 + 85", "12 + 30", "99 + 99", "5 + 61"]), encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cli = [sys.executable, "-m", "minimind.cli", "train"]
     common = ["--preset", "tiny", "--steps", "2", "--eval-data", str(held), "--device", "cpu", "--no-progress"]
-    r = subprocess.run(cli + ["reason", "--init-from", str(base), "--out", str(tmp_path / "reason"), "--fresh", "20", "--tag-weight", "10", "--data", str(REASON)] + common,
+    r = subprocess.run(cli + ["reason", "--init-from", str(base), "--out", str(tmp_path / "reason"), "--fresh", "20", "--tag-weight", "10"] + common,
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "reason: held-out arithmetic (8 problems)" in r.stdout and "step 2: train loss" in r.stdout and "held-out" in r.stdout.splitlines()[-1]
@@ -217,3 +218,34 @@ def test_cli_reason_then_grpo(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     last = r.stdout.splitlines()[-1]
     assert last.startswith("step 2: train loss") and "held-out" not in last and (tmp_path / "grpo" / "model" / "config.json").exists()
+
+
+def test_column_addition_teacher():
+    "The column method agrees with the calculator on every two-digit sum; its replies parse; each digit is one token."
+    assert column_steps("47 + 85") == (["7+5+0=12", "4+8+1=13"], 132)
+    assert column_steps("5 + 98") == (["5+8+0=13", "0+9+1=10"], 103) and column_steps("999 + 1")[1] == 1000
+    assert all(column_steps(f"{a} + {b}")[1] == a + b for a in range(10, 100) for b in range(10, 100))
+    with pytest.raises(ValueError, match="a \\+ b"): column_steps("8 × 8")
+    chat = worked_chat("47 + 85", "zh", column_teacher)["conversations"]
+    assert chat[0]["content"] == "47 + 85 等于多少？" and parse_reasoning(chat[1]["content"]) == ("7+5+0=12\n4+8+1=13", "132")
+    assert score_reply(chat[1]["content"], ask("47 + 85")["answer"])["strict"]
+
+
+def test_column_problems_hold_out_their_own_set():
+    held = heldout_expressions("columns", 100)
+    assert held == stage_heldout(REASON_PRESETS["course"]) and len(set(held)) == 100
+    assert stage_heldout(REASON_PRESETS["course"], n=10) == held[:10] and stage_heldout(REASON_PRESETS["course"], ARITH) == eval_expressions(ARITH)
+    train = fresh_expressions(5040, seed=42, exclude=held, task="columns")
+    assert len(set(train)) == 5040 and not set(train) & set(held) and all(column_steps(e) for e in train[:50])
+    with pytest.raises(ValueError, match="only 8000 distinct 'columns' problems"):      # 8100 sums, 100 held out
+        fresh_expressions(8001, seed=0, exclude=held, task="columns")
+
+
+def test_reason_trainer_on_generated_sums(tok, tiny):
+    "Without a data file the preset's task is all the data: one worked sum per row, no packing; the held-out probes are its own set in both languages."
+    t = make_reason_trainer(None, "tiny", model=tiny, tok=tok, fresh=64, device="cpu", progress=False, live_plot=False)
+    assert len(t.train_data) == 64 and not t.train_data.pack and len(t.eval_data.data) == 2 * REASON_PRESETS["tiny"]["heldout"]
+    assert [p["expression"] for p in t.probes] == 2 * heldout_expressions("columns", REASON_PRESETS["tiny"]["heldout"])
+    b = t.train_data.get_batch(np.arange(4))
+    assert b["input_ids"].shape == (4, REASON_PRESETS["tiny"]["seq_len"]) and "attention_mask" not in b
+    with pytest.raises(ValueError, match="nothing to train on"): make_reason_trainer(None, "tiny", model=tiny, tok=tok, fresh=0)
