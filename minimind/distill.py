@@ -31,7 +31,7 @@ def kd_kl(student_logits:torch.Tensor, # (N, V) at the positions that count
 # %% ../nbs/08_distill.ipynb #d8b10013
 DISTILL_PRESETS = {  # a student from a chat-model teacher; seq_len: row length; TrainConfig fields; `epochs` sets steps from the data
     "tiny":      dict(seq_len=128, max_steps=40, batch_size=8, lr=2e-3, warmup_steps=4, eval_every=10, ckpt_every=40, temperature=2.0, alpha=0.5, student="half", sft_preset="tiny"),
-    "course":    dict(seq_len=128, max_steps=60, batch_size=16, lr=2e-3, warmup_steps=6, eval_every=10, ckpt_every=60, temperature=2.0, alpha=0.2, student="half", sft_preset="course"),
+    "course":    dict(seq_len=128, max_steps=100, batch_size=16, lr=2e-3, warmup_steps=6, eval_every=10, ckpt_every=100, temperature=1.0, alpha=0.0, student="half", sft_preset="course"),
     "minimind2": dict(seq_len=512, epochs=1, batch_size=32, grad_accum=4, lr=5e-4, warmup_steps=100, eval_every=500, ckpt_every=500, temperature=1.5, alpha=0.5,
                       student="minimind2-small", sft_preset=None),   # the teacher must be given: a MiniMind2 (104M) SFT model folder
 }
