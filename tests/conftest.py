@@ -29,6 +29,7 @@ NB_TEST_PARAMS = {
     "07_reason": {"preset": "tiny", "grpo_preset": "tiny", "init_from": "{sft}", "n_eval": 50, "aside_steps": 10,
                   "check_steps": 40},  # the loop check from the tiny model: 12 steps raise the even share ~0.12 (measured), too close to its 0.15
     "08_distill": {"preset": "tiny", "init_from": "{sft}", "sweep_steps": 3},
+    "07a_tools": {"init_from": None},             # None: no chat model (the protocol and the loop are checked with a scripted one)
 }
 
 # What each training stage must show on its test run: metric -> (lowest `after`, lowest `after - before`), read from

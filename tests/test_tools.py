@@ -1,0 +1,82 @@
+"""minimind.tools: the Qwen3 / minimind-3 tool format rendered and parsed, a calculator that runs no code and bounds
+sizes before computing, a lookup over the sample's world, calls checked against their signatures, and the agent loop
+driven by a scripted model."""
+import json
+
+import pytest
+
+from minimind.data import ATTRIBUTES, fact_value, make_world
+from minimind.tokenizer import apply_chat_template
+from minimind.tools import (CALCULATOR, LOOKUP, ToolError, agent_loop, calculate, default_tools, make_lookup, parse_tool_calls,
+                            render_messages, run_call, tools_block)
+
+WORLD = make_world(0)
+
+
+def test_render_is_chatml_without_tools_and_qwen3_with_them():
+    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+    assert render_messages(msgs) == apply_chat_template(msgs) and render_messages(msgs, add_generation_prompt=True).endswith("<|im_start|>assistant\n")
+    text = render_messages([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "ok",
+                             "tool_calls": [{"function": {"name": "calculator", "arguments": {"expression": "1 + 2"}}},
+                                            {"function": {"name": "lookup", "arguments": '{"entity": "Finkim", "attribute": "colour"}'}}]},
+                            {"role": "tool", "content": "3"}, {"role": "tool", "content": "紫色"}], tools=[CALCULATOR, LOOKUP])
+    assert text.startswith("<|im_start|>system\n# Tools\n") and tools_block([CALCULATOR]).count("\n{\"type\": \"function\"") == 1
+    assert ('<|im_start|>assistant\nok\n<tool_call>\n{"name": "calculator", "arguments": {"expression": "1 + 2"}}\n</tool_call>\n'
+            '<tool_call>\n{"name": "lookup", "arguments": {"entity": "Finkim", "attribute": "colour"}}\n</tool_call><|im_end|>\n') in text
+    assert text.endswith("<|im_start|>user\n<tool_response>\n3\n</tool_response>\n<tool_response>\n紫色\n</tool_response><|im_end|>\n")
+    assert tools_block([LOOKUP], "sys").startswith("sys\n\n# Tools")
+
+
+@pytest.mark.parametrize("text,n_calls,error", [
+    ('<tool_call>\n{"name": "calculator", "arguments": {"expression": "2"}}\n</tool_call>', 1, None),
+    ('<tool_call>{"name": "calculator", "arguments": "{\\"expression\\": \\"2\\"}"}</tool_call>', 1, None),   # arguments as a JSON string
+    ('<tool_call>\n{"name": "calculator", "arguments": {\n</tool_call>', 0, "not valid JSON"),
+    ('<tool_call>\n["calculator"]\n</tool_call>', 0, '"name" string'),
+    ('<tool_call>\n{"name": "calculator", "arguments": 3}\n</tool_call>', 0, "must be an object"),
+    ('hi <tool_call>\n{"name": "calculator"', 0, "unclosed"),
+    ("no call at all", 0, None)])
+def test_parse_tool_calls(text, n_calls, error):
+    content, calls, errors = parse_tool_calls(text)
+    assert len(calls) == n_calls and (error in errors[0] if error else not errors)
+    assert "<tool_call>" not in content and all(isinstance(c["arguments"], dict) for c in calls)
+
+
+def test_calculator_computes_and_refuses_without_running_code():
+    assert [calculate(e) for e in ("47 + 85", "(2 + 6) × 12", "7 / 2", "-3 ** 2", "2 ** 0.5", "17 // 5 % 3")] == ["132", "96", "3.5", "-9", "1.41421356237", "0"]
+    for e, why in [("__import__('os').system('echo hi')", "only numbers"), ("().__class__", "only numbers"), ("a", "only numbers"),
+                   ("9 ** 9 ** 9", "too large"), ("2 ** 4000", "too large"), ("(10 ** 600) * (10 ** 600)", "too large"),
+                   ("1 / 0", "division by zero"), ("1e308 * 10 ** 5", "too large"), ("", "empty"), ("1 +" * 100, "longer than"), ("2 +", "not an arithmetic")]:
+        with pytest.raises(ToolError, match=why): calculate(e)
+
+
+def test_lookup_knows_every_fact_of_the_world():
+    lookup = make_lookup(WORLD)
+    assert all(lookup(e["name"], a, l) == fact_value(e, a, l) for e in WORLD for a in ATTRIBUTES for l in ("en", "zh"))
+    with pytest.raises(ToolError, match="no entity"): lookup("Nobody", "colour")
+    with pytest.raises(ToolError, match="unknown attribute"): lookup(WORLD[0]["name"], "height")
+
+
+def test_run_call_answers_every_mistake_with_an_error():
+    tools = default_tools(WORLD)
+    assert run_call({"name": "calculator", "arguments": {"expression": "6 * 7"}}, tools) == "42"
+    for call, why in [({"name": "nope", "arguments": {}}, "unknown tool"), ({"name": "lookup", "arguments": {"entity": "x"}}, "missing argument"),
+                      ({"name": "calculator", "arguments": {"expression": "1", "x": 1}}, "unknown argument"),
+                      ({"name": "calculator", "arguments": {"expression": 5}}, "must be a string"),
+                      ({"name": "lookup", "arguments": {"entity": WORLD[0]["name"], "attribute": "size"}}, "must be one of"),
+                      ({"name": "calculator", "arguments": {"expression": "open('f')"}}, "only numbers")]:
+        assert why in json.loads(run_call(call, tools))["error"]
+
+
+def test_agent_loop_runs_calls_returns_errors_and_stops():
+    tools, prompts = default_tools(WORLD), []
+    turns = iter(['<tool_call>\n{"name": "calculator", "arguments": {"expression": "2 +"}}\n</tool_call>',
+                  '<tool_call>\n{"name": "calculator", "arguments": {"expression": "2 + 2"}}\n</tool_call>', "It is 4."])
+    def model(prompt): prompts.append(prompt); return next(turns)
+    msgs, ended = agent_loop(model, [{"role": "user", "content": "2 + 2?"}], tools)
+    assert ended == "answer" and [m["role"] for m in msgs] == ["user", "assistant", "tool", "assistant", "tool", "assistant"]
+    assert "not an arithmetic expression" in msgs[2]["content"] and msgs[4]["content"] == "4" and msgs[4]["tool_call_id"] == msgs[3]["tool_calls"][0]["id"]
+    assert json.loads(msgs[3]["tool_calls"][0]["function"]["arguments"]) == {"expression": "2 + 2"}
+    assert "# Tools" in prompts[0] and prompts[2].endswith("<tool_response>\n4\n</tool_response><|im_end|>\n<|im_start|>assistant\n")
+    looping = lambda prompt: '<tool_call>\n{"name": "calculator", "arguments": {"expression": "1"}}\n</tool_call>'
+    msgs, ended = agent_loop(looping, [{"role": "user", "content": "?"}], tools, max_steps=3)
+    assert ended == "step limit" and sum(m["role"] == "assistant" for m in msgs) == 3
