@@ -14,9 +14,9 @@ from .score import stream_reply
 
 # %% auto #0
 __all__ = ['REPO_URL', 'TRAIN_STAGES', 'COURSE_PARAMS', 'CHAT_STAGES', 'CLIError', 'check_files', 'repo_root', 'stage_notebooks',
-           'add_train_args', 'run_train', 'add_sample_args', 'run_sample', 'add_chat_args', 'load_for_chat', 'run_chat',
-           'add_serve_args', 'run_serve', 'run_webui', 'starts_from', 'notebook_command', 'course_chat',
-           'add_course_args', 'run_course', 'user_error', 'build_parser', 'main']
+           'add_train_args', 'run_train', 'add_sample_args', 'run_sample', 'add_chat_args', 'load_for_chat',
+           'chat_with_tools', 'run_chat', 'add_serve_args', 'run_serve', 'run_webui', 'starts_from', 'notebook_command',
+           'course_chat', 'add_course_args', 'run_course', 'user_error', 'build_parser', 'main']
 
 # %% ../nbs/99_cli.ipynb #0342d632
 REPO_URL = "https://github.com/minimind-course/minimind"  # the course checkout: notebooks, dataset/, tests
@@ -161,6 +161,7 @@ def add_chat_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--adapter", help="a LoRA adapter folder (notebook 05) to load on top of --model, merged")
     p.add_argument("--prompt", action="append", help="a prompt (repeatable); none: an interactive chat")
     p.add_argument("--raw", action="store_true", help="continue the text as is (a pretrained model), no chat template")
+    p.add_argument("--tools", action="store_true", help="offer the built-in tools (calculator, lookup) and run the model's calls (notebook 07a's agent loop, greedy)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=0.85)
@@ -181,17 +182,30 @@ def load_for_chat(folder, device="auto",
         model = load_adapter(model, adapter, merge=True).eval()
     return model.to(get_device(device)), tok
 
+def chat_with_tools(model, tok, prompt:str, max_new_tokens:int=128) -> str:
+    "One question through the agent loop with the built-in tools: prints each call and its result, returns the answer."
+    from minimind.tools import agent_loop, default_tools, generate_reply
+    msgs, ended = agent_loop(generate_reply(model, tok, max_new_tokens), [{"role": "user", "content": prompt}], default_tools())
+    for m in msgs[1:]:
+        for c in m.get("tool_calls") or []: print(f"[call] {c['function']['name']}({c['function']['arguments']})")
+        if m["role"] == "tool": print(f"[result] {m['content']}")
+    answer = msgs[-1]["content"] if ended == "answer" else "(no answer: the model was still calling tools at the step limit)"
+    print(answer)
+    return answer
+
 def run_chat(a:argparse.Namespace) -> int:
     "`minimind chat`: answer --prompt(s), or chat interactively until EOF / 'exit'."
+    if a.raw and a.tools: raise CLIError("--tools needs the chat template; it cannot be combined with --raw")
     model, tok = load_for_chat(a.model, a.device, a.adapter)
     kw = dict(raw=a.raw, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p)
-    for p in a.prompt or []: print(f"> {p}"); stream_reply(model, tok, p, **kw)
+    reply = (lambda p: chat_with_tools(model, tok, p, a.max_new_tokens)) if a.tools else (lambda p: stream_reply(model, tok, p, **kw))
+    for p in a.prompt or []: print(f"> {p}"); reply(p)
     if a.prompt: return 0
     while True:
         try: p = input("> ").strip()
         except EOFError: return 0
         if p in ("exit", "quit"): return 0
-        if p: stream_reply(model, tok, p, **kw)
+        if p: reply(p)
 
 # %% ../nbs/99_cli.ipynb #5e7c0a02
 def add_serve_args(p:argparse.ArgumentParser, port:int=8000) -> argparse.ArgumentParser:

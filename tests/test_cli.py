@@ -187,3 +187,19 @@ def test_sample_path_generates_into_the_cache_once(monkeypatch, tmp_path, capsys
     assert data.sample_path("sft") == cache / "sft.jsonl" and capsys.readouterr().err == ""  # made once
     monkeypatch.setenv("MINIMIND_CACHE", str(tmp_path / "elsewhere"))
     assert data.cache_dir() == tmp_path / "elsewhere"
+
+
+def test_chat_with_tools_runs_the_agent_loop(model_dir, capsys, monkeypatch):
+    "`minimind chat --tools`: the model's calls are run and printed, then its answer; --raw cannot go with --tools."
+    import minimind.tools
+    turns = iter(['<tool_call>\n{"name": "calculator", "arguments": {"expression": "47 * 85"}}\n</tool_call>', "47 × 85 = 3995."])
+    seen = []
+    def scripted(model, tok, max_new_tokens=128):
+        def generate(prompt): seen.append(prompt); return next(turns)
+        return generate
+    monkeypatch.setattr(minimind.tools, "generate_reply", scripted)
+    assert main(["chat", "--model", str(model_dir), "--tools", "--prompt", "What is 47 × 85?"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["> What is 47 × 85?", '[call] calculator({"expression": "47 * 85"})', "[result] 3995", "47 × 85 = 3995."]
+    assert "# Tools" in seen[0] and '"name": "lookup"' in seen[0]
+    assert "cannot be combined with --raw" in one_error_line(capsys, ["chat", "--model", str(model_dir), "--tools", "--raw", "--prompt", "hi"])
