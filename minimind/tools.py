@@ -13,8 +13,8 @@ from .tokenizer import apply_chat_template
 
 # %% auto #0
 __all__ = ['CALCULATOR', 'LOOKUP', 'TOOLS_PREAMBLE', 'TOOLS_POSTAMBLE', 'to_json', 'CALL_RE', 'MAX_CHARS', 'MAX_DIGITS',
-           'tools_block', 'call_text', 'render_messages', 'parse_tool_calls', 'ToolError', 'calculate', 'make_lookup',
-           'default_tools', 'run_call', 'agent_loop', 'generate_reply']
+           'tools_block', 'call_text', 'render_pieces', 'render_messages', 'parse_tool_calls', 'ToolError', 'calculate',
+           'make_lookup', 'default_tools', 'run_call', 'agent_loop', 'generate_reply', 'encode_tool_sft']
 
 # %% ../nbs/07a_tools.ipynb #49ab4456
 CALCULATOR = {"type": "function", "function": {
@@ -44,31 +44,35 @@ def call_text(call:dict) -> str:
     return f'<tool_call>\n{{"name": "{f["name"]}", "arguments": {args}}}\n</tool_call>'
 
 # %% ../nbs/07a_tools.ipynb #bf345bf5
+def render_pieces(messages:list[dict], tools:list[dict]|None=None) -> list[tuple[str, bool]]:
+    "The conversation as (text, trained) pieces: an assistant turn's text, calls and <|im_end|> are what SFT trains; everything else is context."
+    out, msgs = [], list(messages)
+    if tools:
+        system = msgs.pop(0)["content"] if msgs and msgs[0]["role"] == "system" else None
+        out.append((f"<|im_start|>system\n{tools_block(tools, system)}<|im_end|>\n", False))
+    for i, m in enumerate(msgs):
+        if m["role"] == "tool":
+            first, last = i == 0 or msgs[i - 1]["role"] != "tool", i == len(msgs) - 1 or msgs[i + 1]["role"] != "tool"
+            out.append((("<|im_start|>user" if first else "") + f"\n<tool_response>\n{m['content']}\n</tool_response>" + ("<|im_end|>\n" if last else ""), False))
+        elif m["role"] == "assistant":
+            text = m.get("content") or ""
+            calls = "".join(("\n" if text or k else "") + call_text(c) for k, c in enumerate(m.get("tool_calls") or []))
+            out += [("<|im_start|>assistant\n", False), (text + calls + "<|im_end|>", True), ("\n", False)]
+        else: out.append((apply_chat_template([m]), False))
+    return out
+
 def render_messages(messages:list[dict], # OpenAI-shaped: system/user/assistant (content, tool_calls) and tool (content) messages
                     tools:list[dict]|None=None, # function signatures; None: plain ChatML
                     add_generation_prompt:bool=False) -> str:
     "The conversation as the model reads it: notebook 00's ChatML, plus Qwen3's tools block, <tool_call> and <tool_response> turns."
-    out, msgs = [], list(messages)
-    if tools:
-        system = msgs.pop(0)["content"] if msgs and msgs[0]["role"] == "system" else None
-        out.append(f"<|im_start|>system\n{tools_block(tools, system)}<|im_end|>\n")
-    for i, m in enumerate(msgs):
-        if m["role"] == "tool":
-            first, last = i == 0 or msgs[i - 1]["role"] != "tool", i == len(msgs) - 1 or msgs[i + 1]["role"] != "tool"
-            out.append(("<|im_start|>user" if first else "") + f"\n<tool_response>\n{m['content']}\n</tool_response>" + ("<|im_end|>\n" if last else ""))
-        elif m["role"] == "assistant" and m.get("tool_calls"):
-            text = m.get("content") or ""
-            calls = "".join(("\n" if text or k else "") + call_text(c) for k, c in enumerate(m["tool_calls"]))
-            out.append(f"<|im_start|>assistant\n{text}{calls}<|im_end|>\n")
-        else: out.append(apply_chat_template([m]))
-    return "".join(out) + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+    return "".join(t for t, _ in render_pieces(messages, tools)) + ("<|im_start|>assistant\n" if add_generation_prompt else "")
 
 # %% ../nbs/07a_tools.ipynb #b98ca55d
 CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.S)   # an unclosed block runs to the end of the text
 
 def parse_tool_calls(text:str) -> tuple[str, list[dict], list[str]]:
-    "(the text outside the calls, the calls as {'name', 'arguments'}, an error message per block that is not a valid call)."
-    calls, errors = [], []
+    "(the text without its valid calls, the calls as {'name', 'arguments'}, an error message per block that is not a valid call: it stays in the text)."
+    calls, errors, keep, start = [], [], [], 0
     for m in CALL_RE.finditer(text):
         body = m.group(1).strip()
         if not m.group(0).endswith("</tool_call>"): errors.append(f"unclosed <tool_call>: {body[:80]!r}"); continue
@@ -81,7 +85,8 @@ def parse_tool_calls(text:str) -> tuple[str, list[dict], list[str]]:
             except json.JSONDecodeError: pass
         if not isinstance(args, dict): errors.append(f'"arguments" of {call["name"]!r} must be an object: {body[:80]!r}'); continue
         calls.append({"name": call["name"], "arguments": args})
-    return CALL_RE.sub("", text).strip(), calls, errors
+        keep.append(text[start:m.start()]); start = m.end()                   # a valid call leaves the text; a broken one stays, as written
+    return ("".join(keep) + text[start:]).strip(), calls, errors
 
 # %% ../nbs/07a_tools.ipynb #088ee71f
 class ToolError(ValueError):
@@ -179,3 +184,16 @@ def generate_reply(model, tok, max_new_tokens:int=96):
         (new, _), = generate_batch(model, [tok.encode(prompt, add_special_tokens=False).ids], max_new_tokens)
         return tok.decode(new)
     return generate
+
+# %% ../nbs/07a_tools.ipynb #13159b76
+def encode_tool_sft(tok, messages:list[dict], tools:list[dict]|None=None,
+                    max_len:int|None=None) -> tuple[list[int], list[bool], bool]:
+    "Token ids of a tool conversation, whether the loss trains each (the assistant's turns only), and whether it was cut to `max_len`."
+    text, spans, pos = "", [], 0
+    for piece, trained in render_pieces(messages, tools):
+        if trained: spans.append((pos, pos + len(piece)))
+        text += piece; pos += len(piece)
+    enc = tok.encode(text, add_special_tokens=False)
+    flags = [any(a <= s < b for a, b in spans) for s, _ in enc.offsets]
+    cut = max_len is not None and len(enc.ids) > max_len
+    return (enc.ids[:max_len], flags[:max_len], True) if cut else (enc.ids, flags, False)

@@ -38,7 +38,7 @@ def test_render_is_chatml_without_tools_and_qwen3_with_them():
 def test_parse_tool_calls(text, n_calls, error):
     content, calls, errors = parse_tool_calls(text)
     assert len(calls) == n_calls and (error in errors[0] if error else not errors)
-    assert "<tool_call>" not in content and all(isinstance(c["arguments"], dict) for c in calls)
+    assert ("<tool_call>" in content) == bool(errors) and all(isinstance(c["arguments"], dict) for c in calls)   # a broken block stays in the text
 
 
 def test_calculator_computes_and_refuses_without_running_code():
@@ -80,3 +80,23 @@ def test_agent_loop_runs_calls_returns_errors_and_stops():
     looping = lambda prompt: '<tool_call>\n{"name": "calculator", "arguments": {"expression": "1"}}\n</tool_call>'
     msgs, ended = agent_loop(looping, [{"role": "user", "content": "?"}], tools, max_steps=3)
     assert ended == "step limit" and sum(m["role"] == "assistant" for m in msgs) == 3
+
+
+def test_tool_sft_trains_the_assistant_turns_only():
+    "Without tools: notebook 04's encode_sft exactly. With tools: the trained tokens are the assistant's calls and answer, never a tool response."
+    from minimind.sft import encode_sft
+    from minimind.tokenizer import load_tokenizer
+    from minimind.tools import encode_tool_sft
+    tok = load_tokenizer()
+    plain = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    assert encode_tool_sft(tok, plain) == encode_sft(tok, plain)
+    convo = [{"role": "user", "content": "What is 6 × 7?"},
+             {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "calculator", "arguments": {"expression": "6 * 7"}}}]},
+             {"role": "tool", "content": "SECRET-RESULT-42"}, {"role": "assistant", "content": "6 × 7 = 42."}]
+    ids, flags, cut = encode_tool_sft(tok, convo, [CALCULATOR])
+    runs, run = [], []
+    for i, f in zip(ids + [0], flags + [False]):
+        if f: run.append(i)
+        elif run: runs.append(tok.decode(run, skip_special_tokens=False)); run = []
+    assert runs == ['<tool_call>\n{"name": "calculator", "arguments": {"expression": "6 * 7"}}\n</tool_call><|im_end|>', "6 × 7 = 42.<|im_end|>"]
+    assert not cut and encode_tool_sft(tok, convo, [CALCULATOR], max_len=10)[2] and len(encode_tool_sft(tok, convo, [CALCULATOR], max_len=10)[0]) == 10
