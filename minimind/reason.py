@@ -227,12 +227,10 @@ def make_reason_trainer(data_path=None, # reasoning conversations JSONL to train
     return trainer
 
 def checkpoint_measures(trainer:Trainer, probes:list[dict], max_new_tokens:int=64) -> list[dict]:
-    "`reason_measures` of every checkpoint this run wrote to run_dir/checkpoints, oldest first: {step, format, exact, strict}."
-    model, out, every = copy.deepcopy(trainer.model), [], trainer.cfg.ckpt_every
+    "`reason_measures` of every checkpoint the trainer kept in run_dir/checkpoints, oldest first: {step, format, exact, strict}."
+    model, out = copy.deepcopy(trainer.model), []
     for path in sorted(list_checkpoints(trainer.ckpt_dir)):
-        state = load_checkpoint(path)
-        if state["step"] > trainer.step or (state["step"] % every and state["step"] != trainer.step): continue   # an earlier run's, left in the folder
-        model.load_state_dict(state["model"])
+        state = load_checkpoint(path); model.load_state_dict(state["model"])
         m = reason_measures(model, trainer.tok, probes, max_new_tokens)
         out.append({"step": state["step"], **{k: m[k] for k in ("format", "exact", "strict")}})
     return out

@@ -486,6 +486,13 @@ class TrainerCheckpoints:
         save_checkpoint(self.state_dict(), self.ckpt_dir/f"step_{self.step:08d}.pt")
         for old in list_checkpoints(self.ckpt_dir)[self.cfg.keep_ckpts:]: old.unlink()
 
+    def clear_checkpoints(self):
+        "A fresh run in a folder that holds an earlier run's checkpoints removes them (saying so): pruning and a later resume must see this run's only."
+        if not (self.is_main and self.run_dir): return
+        if old := list_checkpoints(self.ckpt_dir):
+            warnings.warn(f"{self.ckpt_dir}: a fresh run; removing {len(old)} checkpoint(s) of an earlier run there (fit(resume=True) would continue it)")
+            for p in old: p.unlink()
+
     def resume(self) -> bool:
         "Continue from the newest good checkpoint in run_dir, if any; returns whether one was found."
         found = latest_checkpoint(self.ckpt_dir) if self.run_dir else None
@@ -573,6 +580,7 @@ class Trainer(TrainerStep, TrainerCheckpoints, TrainerLog):
            ) -> Trainer:
         "Train to `max_steps`, evaluating, logging and checkpointing on the way."
         if resume: self.resume()
+        elif self.step == 0: self.clear_checkpoints()
         if self.cfg.auto_batch: auto_batch_size(self)
         self._start_logging()
         if self.step == 0 and self.eval_data is not None: self.eval_history.append({"step": 0, "eval_loss": self.evaluate(), **self.eval_metrics})

@@ -296,3 +296,19 @@ def test_held_out_loss_and_metrics_do_not_depend_on_the_batch_size(tok):
     model.train()                                      # the one scorer, called directly (notebook 08 does): same numbers, mode restored
     m = held_out_metrics(model, held, kd_loss, batch_size=5)
     assert abs(m["loss"] - l3) < 1e-5 and abs(m["acc"] - a3) < 1e-6 and model.training, (m, l3, a3)
+
+
+def test_a_fresh_run_replaces_an_earlier_runs_checkpoints(tmp_path, token_file):
+    """A fresh fit in a folder with an earlier, longer run's checkpoints removes them (with a warning): otherwise pruning would delete
+    this run's checkpoints and a resume would continue the earlier run. fit(resume=True) keeps and continues them."""
+    run = str(tmp_path / "r")
+    Trainer(micro_model(), PackedDataset(token_file, 16), cfg=quiet_cfg(max_steps=6, batch_size=2, run_dir=run, ckpt_every=2, keep_ckpts=2)).fit()
+    ck = tmp_path / "r" / "checkpoints"
+    assert [p.name for p in list_checkpoints(ck)] == ["step_00000006.pt", "step_00000004.pt"]
+    t = Trainer(micro_model(1), PackedDataset(token_file, 16), cfg=quiet_cfg(max_steps=2, batch_size=2, run_dir=run, ckpt_every=2, keep_ckpts=2))
+    with pytest.warns(UserWarning, match="removing 2 checkpoint"): t.fit()
+    assert [p.name for p in list_checkpoints(ck)] == ["step_00000002.pt"]
+    more = Trainer(micro_model(1), PackedDataset(token_file, 16), cfg=quiet_cfg(max_steps=4, batch_size=2, run_dir=run, ckpt_every=2, keep_ckpts=2))
+    with warnings.catch_warnings(): warnings.simplefilter("error"); more.fit(resume=True)     # continues this run: nothing removed, no warning
+    assert [h["step"] for h in more.history] == [1, 2, 3, 4] and more.history[:2] == t.history           # this run, continued
+    assert [p.name for p in list_checkpoints(ck)] == ["step_00000004.pt", "step_00000002.pt"]
