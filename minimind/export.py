@@ -256,7 +256,7 @@ def gguf_tensors(model:MiniMindForCausalLM) -> dict[str, np.ndarray]:
 TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED = 1, 3, 4, 5  # llama.cpp's token types
 
 def gguf_vocab(tok, vocab_size:int) -> tuple[list[str], list[int], list[str]]:
-    "Token strings by id (byte-level), their types (special added tokens CONTROL, <think> tags USER_DEFINED), and the merges."
+    "Token strings by id (byte-level), their types (special added tokens CONTROL, `<think>` tags USER_DEFINED), and the merges."
     d = json.loads(tok.to_str())
     added = {t["id"]: t for t in d["added_tokens"]}
     by_id = {i: t for t, i in d["model"]["vocab"].items()} | {i: t["content"] for i, t in added.items()}
@@ -342,7 +342,7 @@ def modelfile(gguf_name:str, # the GGUF file, beside the Modelfile
 
 def export_ollama(model:MiniMindForCausalLM, tok, out, # folder for the GGUF and its Modelfile
                   dtype:str="f16") -> Path:
-    "A folder ollama imports: model-<dtype>.gguf and a Modelfile."
+    "A folder ollama imports: `model-<dtype>.gguf` and a Modelfile."
     with atomic_dir(out) as d:
         g = export_gguf(model, tok, d/f"model-{dtype}.gguf", dtype)
         (d/"Modelfile").write_text(modelfile(g.name, model.config))

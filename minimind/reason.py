@@ -35,7 +35,7 @@ TAG_IDS = tuple(SPECIAL_TOKENS.index(t) for t in THINK_TOKENS)  # <think>, </thi
 REASON_RE = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.S)
 
 def parse_reasoning(text:str) -> tuple[str, str]|None:
-    "(thinking, answer) of a reply in the <think>…</think><answer>…</answer> template, each tag exactly once; else None."
+    "(thinking, answer) of a reply in the `<think>…</think><answer>…</answer>` template, each tag exactly once; else None."
     m = REASON_RE.fullmatch(text)
     if m is None or any(text.count(t) != 1 for t in THINK_TOKENS): return None
     return m.group(1).strip(), m.group(2).strip()
@@ -47,7 +47,7 @@ def final_number(text:str) -> int|None:
 
 def score_reply(text:str, answer, # the reply and the right final answer (int or its string)
                ) -> dict:
-    "format: the template holds; exact: the final number is right (read from <answer> if the format holds, else from the whole reply); strict: both."
+    "format: the template holds; exact: the final number is right (read from `<answer>` if the format holds, else from the whole reply); strict: both."
     parsed = parse_reasoning(text)
     got = final_number(parsed[1] if parsed else text)
     exact = got is not None and got == int(answer)

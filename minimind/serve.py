@@ -152,7 +152,7 @@ class StopChecker:
 THINK_OPEN, THINK_CLOSE, ANSWER_TAGS = "<think>", "</think>", ("<answer>", "</answer>")
 
 class ThinkSplitter:
-    "Splits streamed text into reasoning (inside <think>...</think>) and content; tags dropped, even when they arrive in pieces."
+    "Splits streamed text into reasoning (inside `<think>...</think>`) and content; tags dropped, even when they arrive in pieces."
     TAGS = (THINK_OPEN, THINK_CLOSE, *ANSWER_TAGS)
     def __init__(self): self.buf, self.thinking, self.fresh = "", False, True  # fresh: strip newlines opening a section
 
@@ -325,7 +325,7 @@ def add_error_handlers(app):
 
 # %% ../nbs/09_serve.ipynb #6d465c8c
 class APIKeyCheck:
-    "ASGI middleware: /v1/ routes need 'Authorization: Bearer <api_key>' when a key is set (plain ASGI: streaming passes through untouched)."
+    "ASGI middleware: /v1/ routes need `Authorization: Bearer <api_key>` when a key is set (plain ASGI: streaming passes through untouched)."
     def __init__(self, app, api_key:str|None=None): self.app, self.api_key = app, api_key
     async def __call__(self, scope, receive, send):
         if self.api_key and scope["type"] == "http" and scope["path"].startswith("/v1/"):

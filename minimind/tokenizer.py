@@ -67,7 +67,7 @@ def new_tokenizer() -> Tokenizer:
     return tok
 
 def _unspecial_think(tok:Tokenizer) -> Tokenizer:
-    "Mark <think>/<answer> tags non-special, so decoding with skip_special_tokens keeps them."
+    "Mark `<think>`/`<answer>` tags non-special, so decoding with skip_special_tokens keeps them."
     d = json.loads(tok.to_str())
     for t in d["added_tokens"]:
         if t["content"] in THINK_TOKENS: t["special"] = False

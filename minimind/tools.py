@@ -38,14 +38,14 @@ def tools_block(tools:list[dict], system:str|None=None) -> str:
     return (system + "\n\n" if system else "") + TOOLS_PREAMBLE + "".join("\n" + to_json(t) for t in tools) + TOOLS_POSTAMBLE
 
 def call_text(call:dict) -> str:
-    "One <tool_call> block from an OpenAI-shaped call ({'function': {'name', 'arguments'}}) or a bare {'name', 'arguments'}."
+    "One `<tool_call>` block from an OpenAI-shaped call ({'function': {'name', 'arguments'}}) or a bare {'name', 'arguments'}."
     f = call.get("function", call)
     args = f["arguments"] if isinstance(f["arguments"], str) else to_json(f["arguments"])
     return f'<tool_call>\n{{"name": "{f["name"]}", "arguments": {args}}}\n</tool_call>'
 
 # %% ../nbs/07a_tools.ipynb #bf345bf5
 def render_pieces(messages:list[dict], tools:list[dict]|None=None) -> list[tuple[str, bool]]:
-    "The conversation as (text, trained) pieces: an assistant turn's text, calls and <|im_end|> are what SFT trains; everything else is context."
+    "The conversation as (text, trained) pieces: an assistant turn's text, calls and `<|im_end|>` are what SFT trains; everything else is context."
     out, msgs = [], list(messages)
     if tools:
         system = msgs.pop(0)["content"] if msgs and msgs[0]["role"] == "system" else None
@@ -64,7 +64,7 @@ def render_pieces(messages:list[dict], tools:list[dict]|None=None) -> list[tuple
 def render_messages(messages:list[dict], # OpenAI-shaped: system/user/assistant (content, tool_calls) and tool (content) messages
                     tools:list[dict]|None=None, # function signatures; None: plain ChatML
                     add_generation_prompt:bool=False) -> str:
-    "The conversation as the model reads it: notebook 00's ChatML, plus Qwen3's tools block, <tool_call> and <tool_response> turns."
+    "The conversation as the model reads it: notebook 00's ChatML, plus Qwen3's tools block, `<tool_call>` and `<tool_response>` turns."
     return "".join(t for t, _ in render_pieces(messages, tools)) + ("<|im_start|>assistant\n" if add_generation_prompt else "")
 
 # %% ../nbs/07a_tools.ipynb #b98ca55d

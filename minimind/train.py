@@ -481,7 +481,7 @@ class TrainerCheckpoints:
     def ckpt_dir(self): return self.run_dir/"checkpoints"
 
     def save_checkpoint(self):
-        "Write step_<N>.pt atomically (rank 0), then drop all but the newest `keep_ckpts`."
+        "Write `step_<N>.pt` atomically (rank 0), then drop all but the newest `keep_ckpts`."
         if not (self.is_main and self.run_dir): return
         save_checkpoint(self.state_dict(), self.ckpt_dir/f"step_{self.step:08d}.pt")
         for old in list_checkpoints(self.ckpt_dir)[self.cfg.keep_ckpts:]: old.unlink()

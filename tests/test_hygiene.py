@@ -133,3 +133,17 @@ def test_no_walls_of_code(nb):
     runs = [f"cells {i - 1} and {i}: {n(cells[i - 1])} and {n(c)} lines with no prose between" for i, c in enumerate(cells)
             if i and min(n(cells[i - 1]), n(c)) > LONG_CELL_LINES]
     assert not long and not runs, f"{nb.name}:\n" + "\n".join(long + runs)
+
+
+def test_docstrings_show_their_tags_in_the_docs():
+    "A docstring's `<think>` or `<tool_call>` outside backticks is read by the docs site as an HTML tag and vanishes from the page."
+    import ast
+    from conftest import ROOT
+    tag = re.compile(r"<[A-Za-z/][^>]*>")
+    bad = []
+    for f in sorted((ROOT / "minimind").glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module)) and (doc := ast.get_docstring(node)):
+                outside = re.sub(r"`[^`]*`", "", doc)
+                if tag.search(outside): bad.append(f"{f.name}: {getattr(node, 'name', 'module')}: {tag.search(outside).group(0)}")
+    assert not bad, "put tags in backticks in these docstrings:\n" + "\n".join(bad)
