@@ -6,15 +6,17 @@ Docs: https://minimind-course.github.io/minimind/tools.html.md"""
 
 # %% ../nbs/07a_tools.ipynb #a2c4afda
 from __future__ import annotations
-import ast, json, math, operator, re, uuid
-from .data import ATTRIBUTES, fact_value, make_world
+import ast, json, math, operator, random, re, uuid
+from .data import ATTRIBUTES, FACT_QUESTIONS, IDENTITY, fact_sentence, fact_value, iter_jsonl, make_world, sample_path
+from .reason import fresh_expressions, heldout_expressions
 from .score import generate_batch
 from .tokenizer import apply_chat_template
 
 # %% auto #0
 __all__ = ['CALCULATOR', 'LOOKUP', 'TOOLS_PREAMBLE', 'TOOLS_POSTAMBLE', 'to_json', 'CALL_RE', 'MAX_CHARS', 'MAX_DIGITS',
            'tools_block', 'call_text', 'render_pieces', 'render_messages', 'parse_tool_calls', 'ToolError', 'calculate',
-           'make_lookup', 'default_tools', 'run_call', 'agent_loop', 'generate_reply', 'encode_tool_sft']
+           'make_lookup', 'default_tools', 'run_call', 'agent_loop', 'generate_reply', 'encode_tool_sft', 'tool_chat',
+           'tool_chats']
 
 # %% ../nbs/07a_tools.ipynb #49ab4456
 CALCULATOR = {"type": "function", "function": {
@@ -24,7 +26,8 @@ CALCULATOR = {"type": "function", "function": {
 LOOKUP = {"type": "function", "function": {
     "name": "lookup", "description": "Look up a fact about an entity of the sample's world.",
     "parameters": {"type": "object", "properties": {"entity": {"type": "string", "description": "a name, e.g. Finkim"},
-                                                    "attribute": {"type": "string", "enum": list(ATTRIBUTES)}},
+                                                    "attribute": {"type": "string", "enum": list(ATTRIBUTES)},
+                                                    "lang": {"type": "string", "enum": ["en", "zh"], "description": "the answer's language (default en)"}},
                    "required": ["entity", "attribute"]}}}
 
 # %% ../nbs/07a_tools.ipynb #d64bf7d2
@@ -197,3 +200,37 @@ def encode_tool_sft(tok, messages:list[dict], tools:list[dict]|None=None,
     flags = [any(a <= s < b for a, b in spans) for s, _ in enc.offsets]
     cut = max_len is not None and len(enc.ids) > max_len
     return (enc.ids[:max_len], flags[:max_len], True) if cut else (enc.ids, flags, False)
+
+# %% ../nbs/07a_tools.ipynb #04d5d4cb
+def tool_chat(kind:str, item, lang:str, tools:dict) -> dict:
+    "One conversation: 'calculator' (item: an expression), 'lookup' (item: (entity, attribute)) or 'none' (item: a question, answer)."
+    if kind == "none":
+        return {"kind": kind, "lang": lang, "answer": item[1], "messages": [{"role": "user", "content": item[0]}, {"role": "assistant", "content": item[1]}]}
+    if kind == "calculator": q, args = (f"What is {item}?" if lang == "en" else f"{item} 等于多少？"), {"expression": item}
+    else: q, args = FACT_QUESTIONS[lang][item[1]][0].format(e=item[0]["name"]), {"entity": item[0]["name"], "attribute": item[1]}
+    call = {"name": kind, "arguments": args | ({"lang": lang} if kind == "lookup" and lang != "en" else {})}
+    result = run_call(call, tools)                                          # the tool's own output, as the loop would get it
+    answer = f"{item} = {result}" + ("." if lang == "en" else "。") if kind == "calculator" else fact_sentence(item[0], item[1], lang)
+    return {"kind": kind, "lang": lang, "answer": result, "messages": [
+        {"role": "user", "content": q},
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "call_0", "type": "function", "function": {"name": kind, "arguments": to_json(call["arguments"])}}]},
+        {"role": "tool", "tool_call_id": "call_0", "content": str(result)},
+        {"role": "assistant", "content": answer}]}
+
+def tool_chats(n:int, # conversations, a third of each kind, languages alternating
+               split:str="train", # "train" or "heldout": disjoint arithmetic, entities and identity questions
+               seed:int=0, world=None) -> list[dict]:
+    "Deterministic tool conversations of the sample's world: arithmetic through the calculator, facts through the lookup, and questions that need no tool."
+    world = world if world is not None else make_world(0)
+    tools, rng = default_tools(world), random.Random(f"tools-{split}-{seed}")
+    held_exprs = heldout_expressions("steps", 200)                         # 07's held-out problems of the `steps` task
+    sample_eval = [r["expression"] for r in iter_jsonl(sample_path("arith_eval"), kind="eval")]   # the sample's, held out by earlier stages
+    exprs = held_exprs if split == "heldout" else fresh_expressions(n, 1000 + seed, held_exprs + sample_eval, task="steps")
+    ents = [e for e in world if (e["split"] == "pretrain_only") == (split == "heldout")]
+    ident = {l: list(zip(IDENTITY[l]["q"], IDENTITY[l]["a"] * 2))[3:] if split == "heldout" else list(zip(IDENTITY[l]["q"], IDENTITY[l]["a"] * 2))[:3] for l in IDENTITY}
+    out = []
+    for i in range(n):
+        kind, lang = ("calculator", "lookup", "none")[i % 3], ("en", "zh")[(i // 3) % 2]
+        item = exprs[(i // 3) % len(exprs)] if kind == "calculator" else (rng.choice(ents), rng.choice(list(ATTRIBUTES))) if kind == "lookup" else rng.choice(ident[lang])
+        out.append(tool_chat(kind, item, lang, tools))
+    return out

@@ -100,3 +100,23 @@ def test_tool_sft_trains_the_assistant_turns_only():
         elif run: runs.append(tok.decode(run, skip_special_tokens=False)); run = []
     assert runs == ['<tool_call>\n{"name": "calculator", "arguments": {"expression": "6 * 7"}}\n</tool_call><|im_end|>', "6 × 7 = 42.<|im_end|>"]
     assert not cut and encode_tool_sft(tok, convo, [CALCULATOR], max_len=10)[2] and len(encode_tool_sft(tok, convo, [CALCULATOR], max_len=10)[0]) == 10
+
+
+def test_tool_chats_are_deterministic_checked_and_split():
+    from minimind.reason import heldout_expressions
+    from minimind.tools import tool_chats
+    train, held = tool_chats(90), tool_chats(30, "heldout")
+    assert train == tool_chats(90) and [r["kind"] for r in train[:3]] == ["calculator", "lookup", "none"] and {r["lang"] for r in train} == {"en", "zh"}
+    q = lambda rs: {(r["kind"], r["messages"][0]["content"]) for r in rs}
+    assert not q(train) & q(held)
+    exprs = lambda rs: {json.loads(r["messages"][1]["tool_calls"][0]["function"]["arguments"])["expression"] for r in rs if r["kind"] == "calculator"}
+    assert exprs(held) <= set(heldout_expressions("steps", 200)) and not exprs(train) & set(heldout_expressions("steps", 200))
+    ents = lambda rs: {json.loads(r["messages"][1]["tool_calls"][0]["function"]["arguments"])["entity"] for r in rs if r["kind"] == "lookup"}
+    split = {e["name"]: e["split"] for e in WORLD}
+    assert {split[e] for e in ents(held)} == {"pretrain_only"} and {split[e] for e in ents(train)} == {"in_sft"}
+    tools = default_tools(WORLD)
+    for r in train + held:
+        if r["kind"] == "none": assert len(r["messages"]) == 2; continue
+        f = r["messages"][1]["tool_calls"][0]["function"]
+        assert r["messages"][2]["content"] == run_call({"name": f["name"], "arguments": json.loads(f["arguments"])}, tools) == str(r["answer"])
+        assert str(r["answer"]) in r["messages"][3]["content"]
