@@ -18,9 +18,9 @@ from .tokenizer import BOS_TOKEN, EOS_ID, EOS_TOKEN, PAD_ID, load_tokenizer
 from .train import Trainer, causal_lm_loss, fit_and_save, pretrain, record_outcome, resolve_nb_path, resolve_preset, stage_config
 
 # %% auto #0
-__all__ = ['SFT_PRESETS', 'chat_spans', 'encode_sft', 'plot_sft_mask', 'SFTData', 'load_sft', 'pack_rows', 'SFTDataset',
-           'useful_shares', 'base_model', 'pretrained_base', 'make_sft_trainer', 'sft', 'chat_base', 'sft_measures',
-           'stream_chat']
+__all__ = ['SFT_PRESETS', 'chat_spans', 'encode_sft', 'encode_spans', 'plot_sft_mask', 'SFTData', 'load_sft', 'pack_rows',
+           'SFTDataset', 'useful_shares', 'base_model', 'pretrained_base', 'make_sft_trainer', 'sft', 'chat_base',
+           'sft_measures', 'stream_chat']
 
 # %% ../nbs/04_sft.ipynb #35852bd8
 def chat_spans(messages:list[dict], # [{"role", "content"}, ...]
@@ -39,7 +39,11 @@ def encode_sft(tok, messages:list[dict],
                max_len:int|None=None, # keep at most this many tokens (the rest is cut)
               ) -> tuple[list[int], list[bool], bool]:
     "Token ids of a conversation, whether the loss trains each, and whether it was cut to `max_len` tokens."
-    text, spans = chat_spans(messages)
+    return encode_spans(tok, *chat_spans(messages), max_len)
+
+def encode_spans(tok, text:str, spans:list[tuple[int, int]], # the text, and the character spans the loss trains
+                 max_len:int|None=None) -> tuple[list[int], list[bool], bool]:
+    "Token ids of `text`, whether each starts inside a trained span, and whether it was cut to `max_len` tokens."
     enc = tok.encode(text, add_special_tokens=False)
     trained = [any(a <= s < b for a, b in spans) for s, _ in enc.offsets]   # a token belongs where it starts
     ids, cut = enc.ids, max_len is not None and len(enc.ids) > max_len

@@ -10,6 +10,7 @@ import ast, json, math, operator, random, re, uuid
 from .data import ATTRIBUTES, FACT_QUESTIONS, IDENTITY, fact_sentence, fact_value, iter_jsonl, make_world, sample_path
 from .reason import fresh_expressions, heldout_expressions
 from .score import generate_batch
+from .sft import encode_spans
 from .tokenizer import apply_chat_template
 
 # %% auto #0
@@ -191,15 +192,12 @@ def generate_reply(model, tok, max_new_tokens:int=96):
 # %% ../nbs/07a_tools.ipynb #13159b76
 def encode_tool_sft(tok, messages:list[dict], tools:list[dict]|None=None,
                     max_len:int|None=None) -> tuple[list[int], list[bool], bool]:
-    "Token ids of a tool conversation, whether the loss trains each (the assistant's turns only), and whether it was cut to `max_len`."
-    text, spans, pos = "", [], 0
+    "Token ids of a tool conversation, whether the loss trains each (the assistant's turns only), and whether it was cut to `max_len`: 04's `encode_spans` on `render_pieces`."
+    text, spans = "", []
     for piece, trained in render_pieces(messages, tools):
-        if trained: spans.append((pos, pos + len(piece)))
-        text += piece; pos += len(piece)
-    enc = tok.encode(text, add_special_tokens=False)
-    flags = [any(a <= s < b for a, b in spans) for s, _ in enc.offsets]
-    cut = max_len is not None and len(enc.ids) > max_len
-    return (enc.ids[:max_len], flags[:max_len], True) if cut else (enc.ids, flags, False)
+        if trained: spans.append((len(text), len(text) + len(piece)))
+        text += piece
+    return encode_spans(tok, text, spans, max_len)
 
 # %% ../nbs/07a_tools.ipynb #04d5d4cb
 def tool_chat(kind:str, item, lang:str, tools:dict) -> dict:
@@ -225,9 +223,10 @@ def tool_chats(n:int, # conversations, a third of each kind, languages alternati
     tools, rng = default_tools(world), random.Random(f"tools-{split}-{seed}")
     held_exprs = heldout_expressions("steps", 200)                         # 07's held-out problems of the `steps` task
     sample_eval = [r["expression"] for r in iter_jsonl(sample_path("arith_eval"), kind="eval")]   # the sample's, held out by earlier stages
-    exprs = held_exprs if split == "heldout" else fresh_expressions(n, 1000 + seed, held_exprs + sample_eval, task="steps")
+    exprs = held_exprs if split == "heldout" else fresh_expressions(-(-n // 3), 1000 + seed, held_exprs + sample_eval, task="steps")   # one per calculator chat
     ents = [e for e in world if (e["split"] == "pretrain_only") == (split == "heldout")]
-    ident = {l: list(zip(IDENTITY[l]["q"], IDENTITY[l]["a"] * 2))[3:] if split == "heldout" else list(zip(IDENTITY[l]["q"], IDENTITY[l]["a"] * 2))[:3] for l in IDENTITY}
+    pairs = {l: list(zip(IDENTITY[l]["q"], IDENTITY[l]["a"] * 2)) for l in IDENTITY}   # each question with an answer
+    ident = {l: p[3:] if split == "heldout" else p[:3] for l, p in pairs.items()}           # held out: the last two phrasings
     out = []
     for i in range(n):
         kind, lang = ("calculator", "lookup", "none")[i % 3], ("en", "zh")[(i // 3) % 2]
