@@ -238,7 +238,8 @@ def run_webui(a:argparse.Namespace) -> int:
     return launch(a.model, a.adapter, a.host, a.port, a.device)
 
 # %% ../nbs/99_cli.ipynb #d63eb2b5
-COURSE_PARAMS = {"03_pretrain": {"preset": "course", "n_facts": None},  # per-notebook papermill overrides of the main job
+COURSE_PARAMS = {"03_pretrain": {"preset": "course", "n_facts": None, "demo_steps": 50},  # per-notebook papermill overrides of the main job; 3.4-3.7's hand-written loops at half length
+                 "05_lora": {"compare_targets": None},   # 5.6's second adapter (body only, without the head): a comparison, not the stage
                  "07_reason": {"compare_weight": None, "aside_steps": 0},   # 7.6's comparisons (tag weight 10, the sentence-steps task): lessons, not the stage
                  "08_distill": {"sweep_steps": 0}}   # exercise 2's temperature sweep: a learner's experiment, not the stage (46 s on the critical path)
 
