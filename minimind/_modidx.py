@@ -536,4 +536,7 @@ d = { 'settings': { 'branch': 'main',
                                 'minimind.webui.launch': ('webui.html#launch', 'minimind/webui.py'),
                                 'minimind.webui.main': ('webui.html#main', 'minimind/webui.py'),
                                 'minimind.webui.page_args': ('webui.html#page_args', 'minimind/webui.py'),
-                                'minimind.webui.show_reply': ('webui.html#show_reply', 'minimind/webui.py')}}}
+                                'minimind.webui.show_reply': ('webui.html#show_reply', 'minimind/webui.py'),
+                                'minimind.webui.show_tool_calls': ('webui.html#show_tool_calls', 'minimind/webui.py'),
+                                'minimind.webui.tool_label': ('webui.html#tool_label', 'minimind/webui.py'),
+                                'minimind.webui.tool_turn': ('webui.html#tool_turn', 'minimind/webui.py')}}}
