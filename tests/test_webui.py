@@ -90,3 +90,47 @@ def test_chat_page_in_chromium(model_dir, chrome, tmp_path):
         proc.terminate()
         try: proc.wait(timeout=20)
         except subprocess.TimeoutExpired: proc.kill(); proc.wait()
+
+
+def test_tool_turn_runs_the_calls():
+    "tool_turn (the page's agent loop on the engine): the call is run, its result sent back, the answer returned; no call text on screen."
+    from minimind.serve import Engine, ScriptedModel
+    from minimind.tokenizer import load_tokenizer
+    from minimind.tools import default_tools
+
+    def script(prompt):
+        if prompt.rstrip().endswith("</tool_response><|im_end|>\n<|im_start|>assistant"):
+            return "It is " + prompt.split("<tool_response>\n")[-1].split("\n</tool_response>")[0] + "."
+        return 'Computing.\n<tool_call>\n{"name": "calculator", "arguments": {"expression": "12 * 7"}}\n</tool_call>'
+    tok = load_tokenizer()
+    model, shown = ScriptedModel(tok, script), []
+    reasoning, content, calls = minimind.webui.tool_turn(Engine(model, tok), [{"role": "user", "content": "What is 12 * 7?"}],
+                                                         default_tools(), lambda r, c: shown.append(c), temperature=0)
+    assert (content, calls) == ("It is 84.", [{"name": "calculator", "arguments": {"expression": "12 * 7"}, "result": "84"}])
+    assert any(s.strip() == "Computing." for s in shown) and not any("<tool" in s for s in shown) and "<tool_response>\n84\n" in model.prompts[-1]
+    assert minimind.webui.tool_label(calls[0]) == 'calculator(expression="12 * 7")'
+    _, content, calls = minimind.webui.tool_turn(Engine(model, tok), [{"role": "user", "content": "hi"}], {})   # no tools: plain chat
+    assert calls == [] and "<tool_call>" in content and "# Tools" not in model.prompts[-1]
+
+
+def _tool_reply_page():
+    import minimind.webui
+    minimind.webui.show_reply("", "It is 84.", True, [{"name": "calculator", "arguments": {"expression": "12 * 7"}, "result": "84"}])
+
+
+def test_show_reply_with_tool_calls():
+    at = AppTest.from_function(_tool_reply_page).run()
+    assert not at.exception
+    assert at.expander[0].label == '🔧 calculator(expression="12 * 7")' and at.expander[0].code[0].value == "84"
+    assert at.markdown[-1].value == "It is 84."
+
+
+def test_apptest_tools_checkbox(model_dir):
+    "With the built-in tools ticked, the stand-in (which never learnt tools) still gets a question answered, without an error."
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    at.sidebar.text_input[0].set_value(str(model_dir)); at.sidebar.slider[0].set_value(0.0)
+    at.sidebar.slider[3].set_value(48)                                              # max new tokens: a short reply
+    at.sidebar.checkbox[0].check().run()
+    at.chat_input[0].set_value(PLAIN_Q).run()
+    assert not at.exception and not at.error and [m.name for m in at.chat_message] == ["user", "assistant"]
+    assert at.session_state.history[-1]["role"] == "assistant"
