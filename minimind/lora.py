@@ -175,7 +175,7 @@ def merged_model(model:MiniMindForCausalLM) -> MiniMindForCausalLM:
 # %% ../nbs/05_lora.ipynb #d8a10a6e
 LORA_PRESETS = {  # adapter training from an SFT model; TrainConfig fields; `epochs` sets steps from the data
     "tiny":     dict(seq_len=128, max_steps=40, batch_size=8, lr=3e-3, warmup_steps=4, eval_every=20, ckpt_every=40, weight_decay=0.0, sft_preset="tiny"),
-    "course":   dict(seq_len=128, max_steps=120, batch_size=16, lr=3e-3, warmup_steps=10, eval_every=40, ckpt_every=120, weight_decay=0.0, sft_preset="course"),
+    "course":   dict(seq_len=128, max_steps=80, batch_size=16, lr=3e-3, warmup_steps=10, eval_every=20, ckpt_every=80, weight_decay=0.0, sft_preset="course"),
     "medical":  dict(seq_len=512, epochs=2, batch_size=32, grad_accum=1, lr=1e-3, warmup_steps=50, eval_every=200, ckpt_every=500, weight_decay=0.0, sft_preset="zero"),
     "identity": dict(seq_len=512, epochs=10, batch_size=32, grad_accum=1, lr=1e-3, warmup_steps=10, eval_every=50, ckpt_every=100, weight_decay=0.0, sft_preset="zero"),
 }
