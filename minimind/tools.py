@@ -165,13 +165,15 @@ def run_call(call:dict, # {'name', 'arguments'} as `parse_tool_calls` returns it
 
 # %% ../nbs/07a_tools.ipynb #f7f94137
 def agent_loop(generate, # prompt text -> the model's reply text (one assistant turn)
-               messages:list[dict], tools:dict, # the conversation so far; name -> (signature, function)
-               max_steps:int=4) -> tuple[list[dict], str]:
+               messages:list[dict], tools:dict, # the conversation so far; name -> (signature, function) ({}: no tools, the reply is the answer)
+               max_steps:int=4,
+               renders:bool=False # True: `generate` renders the prompt itself, from (messages, signatures), as 09a's engine does
+              ) -> tuple[list[dict], str]:
     "Run the model's tool calls until it answers without one: (the conversation with every turn and result, how it ended: 'answer' or 'step limit')."
     messages, specs = list(messages), [spec for spec, _ in tools.values()]
     for _ in range(max_steps):
-        reply = generate(render_messages(messages, specs, add_generation_prompt=True))
-        content, calls, errors = parse_tool_calls(reply)
+        reply = generate(list(messages), specs) if renders else generate(render_messages(messages, specs, add_generation_prompt=True))
+        content, calls, errors = parse_tool_calls(reply) if tools else (reply.strip(), [], [])   # no tools: nothing to call
         if not calls and not errors:
             messages.append({"role": "assistant", "content": content}); return messages, "answer"
         ids = [f"call_{uuid.uuid4().hex[:8]}" for _ in calls]

@@ -8,7 +8,7 @@ Docs: https://minimind-course.github.io/minimind/webui.html.md"""
 __all__ = ['page_args', 'engine_for', 'chat_turns', 'show_reply', 'tool_label', 'show_tool_calls', 'tool_turn', 'main', 'launch']
 
 # %% ../nbs/09a_webui.ipynb #w_imports
-import argparse, subprocess, sys
+import argparse, json, subprocess, sys
 from pathlib import Path
 import streamlit as st
 import minimind.serve, minimind.tools  # absolute: streamlit runs this file as a script, outside the package
@@ -51,28 +51,26 @@ def show_tool_calls(calls:list):
 
 def tool_turn(engine, messages:list, tools:dict, # name -> (signature, function), as minimind.tools.default_tools; {}: plain chat
               on_text=None, max_steps:int=4, **sampling) -> tuple[str, str, list]: # on_text(reasoning, content) as it streams
-    "One answer, running the model's tool calls on the way: (reasoning, content, the calls as {'name', 'arguments', 'result'})."
-    msgs, specs, done, reasoning = list(messages), [s for s, _ in tools.values()], [], ""
-    for step in range(max_steps):
+    "One answer through 07a's `agent_loop`, each reply streamed from the engine: (reasoning, content, the calls as {'name', 'arguments', 'result'})."
+    reasoning = ""
+    def generate(msgs:list, specs:list) -> str:   # one reply: its whole text to the loop, its text without calls to the screen
+        nonlocal reasoning
         req = minimind.serve.ChatRequest(engine.name, msgs, tools=specs, tool_choice="auto" if specs else "none", **sampling)
-        job, split, items = engine.submit(engine.job_for(req)), minimind.serve.ToolCallSplitter(), []
+        job, split, text, shown = engine.submit(engine.job_for(req)), minimind.serve.ToolCallSplitter(), "", ""
         try:
             for ev in job:                     # the engine's worker streams (reasoning, content) deltas
                 if ev[0] == "error": raise RuntimeError(ev[1])
                 if ev[0] != "delta": continue
-                reasoning, items = reasoning + ev[1], items + (split.push(ev[2]) if specs else [("content", ev[2])])
-                if on_text: on_text(reasoning, "".join(v for k, v in items if k == "content"))
+                reasoning, text = reasoning + ev[1], text + ev[2]
+                shown += "".join(v for k, v in (split.push(ev[2]) if specs else [("content", ev[2])]) if k == "content")
+                if on_text: on_text(reasoning, shown)
         finally: job.cancelled.set()           # the page was closed or rerun: stop generating
-        items += split.flush()
-        content, calls = "".join(v for k, v in items if k == "content").strip(), [v for k, v in items if k == "call"]
-        if not calls: break
-        ids = [f"call_{step}_{k}" for k in range(len(calls))]
-        msgs.append({"role": "assistant", "content": content, "tool_calls": [{"id": i, "type": "function", "function": {
-            "name": c["name"], "arguments": minimind.tools.to_json(c["arguments"])}} for i, c in zip(ids, calls)]})
-        for i, c in zip(ids, calls):
-            done.append({**c, "result": minimind.tools.run_call(c, tools)})
-            msgs.append({"role": "tool", "tool_call_id": i, "content": done[-1]["result"]})
-    return reasoning.strip(), content, done
+        return text
+    msgs, _ = minimind.tools.agent_loop(generate, messages, tools, max_steps, renders=True)
+    new, results = msgs[len(messages):], {m["tool_call_id"]: m["content"] for m in msgs if m["role"] == "tool"}
+    calls = [{"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"]), "result": results[c["id"]]}
+             for m in new for c in m.get("tool_calls") or []]
+    return reasoning.strip(), next(m["content"] for m in reversed(new) if m["role"] == "assistant"), calls
 
 # %% ../nbs/09a_webui.ipynb #w_main
 def main():

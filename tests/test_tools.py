@@ -80,6 +80,9 @@ def test_agent_loop_runs_calls_returns_errors_and_stops():
     looping = lambda prompt: '<tool_call>\n{"name": "calculator", "arguments": {"expression": "1"}}\n</tool_call>'
     msgs, ended = agent_loop(looping, [{"role": "user", "content": "?"}], tools, max_steps=3)
     assert ended == "step limit" and sum(m["role"] == "assistant" for m in msgs) == 3
+    seen = []                                                # renders: generate gets the messages and signatures; no tools: the reply is the answer
+    msgs, ended = agent_loop(lambda m, s: seen.append((m, s)) or "hi <tool_call>", [{"role": "user", "content": "?"}], {}, renders=True)
+    assert ended == "answer" and msgs[-1] == {"role": "assistant", "content": "hi <tool_call>"} and seen == [([{"role": "user", "content": "?"}], [])]
 
 
 def test_tool_sft_trains_the_assistant_turns_only():

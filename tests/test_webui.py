@@ -113,6 +113,30 @@ def test_tool_turn_runs_the_calls():
     assert calls == [] and "<tool_call>" in content and "# Tools" not in model.prompts[-1]
 
 
+def test_tool_turn_is_the_agent_loop(monkeypatch):
+    "tool_turn is 07a's agent_loop on the engine: an unclosed call is answered with the parser's error, and a model that keeps calling stops at max_steps."
+    import minimind.tools
+    from minimind.serve import Engine, ScriptedModel
+    from minimind.tokenizer import load_tokenizer
+    from minimind.tools import default_tools
+    loops, agent_loop = [], minimind.tools.agent_loop
+    def spy(*args, **kw): loops.append(kw); return agent_loop(*args, **kw)
+    monkeypatch.setattr(minimind.tools, "agent_loop", spy)
+
+    def script(prompt):
+        if "unclosed <tool_call>" in prompt: return "Sorry, it is 84."
+        return 'Computing.\n<tool_call>\n{"name": "calculator", "arguments": {"expression": "12 * 7"}}'   # never closed
+    tok = load_tokenizer()
+    model = ScriptedModel(tok, script)
+    _, content, calls = minimind.webui.tool_turn(Engine(model, tok), [{"role": "user", "content": "What is 12 * 7?"}], default_tools(), temperature=0)
+    assert (content, calls, len(model.prompts)) == ("Sorry, it is 84.", [], 2) and loops == [{"renders": True}]
+    answer = model.prompts[1].split("<|im_start|>user\n<tool_response>\n")[-1]          # what the model read after its call
+    assert answer.startswith('{"error": "unclosed <tool_call>') and answer.endswith("</tool_response><|im_end|>\n<|im_start|>assistant\n")
+    looping = ScriptedModel(tok, lambda prompt: '<tool_call>\n{"name": "calculator", "arguments": {"expression": "1 + 1"}}\n</tool_call>')
+    _, content, calls = minimind.webui.tool_turn(Engine(looping, tok), [{"role": "user", "content": "?"}], default_tools(), max_steps=3)
+    assert len(looping.prompts) == 3 and [c["result"] for c in calls] == ["2"] * 3 and content == ""
+
+
 def _tool_reply_page():
     import minimind.webui
     minimind.webui.show_reply("", "It is 84.", True, [{"name": "calculator", "arguments": {"expression": "12 * 7"}, "result": "84"}])
