@@ -88,6 +88,7 @@ class ChatRequest:
     ignore_eos: bool = False      # vLLM's extra: keep going past <|im_end|> (fixed-length replies for benchmarks)
     tools: list = field(default_factory=list)   # function signatures, {"type": "function", "function": {name, description, parameters}}
     tool_choice: str|dict = "none" # "auto" (the default with tools), "none", "required", or {"type": "function", "function": {"name"}}
+    parallel_tool_calls: bool = True # False: at most one call per reply (any later one is dropped)
 
 # %% ../nbs/09_serve.ipynb #d8955e46
 def _number(body, name, lo, hi, integer=False):
@@ -118,7 +119,7 @@ def parse_chat_request(body) -> ChatRequest:
     call_ids = set()                                  # the ids of the assistant's calls so far: a tool message answers one of them
     messages = [parse_message(m, i, call_ids) for i, m in enumerate(msgs)]
     tools, tool_choice = parse_tools(body)
-    for flag in ("stream", "ignore_eos"):
+    for flag in ("stream", "ignore_eos", "parallel_tool_calls"):
         if body.get(flag) is not None and not isinstance(body[flag], bool): raise APIError(400, f"'{flag}' must be a boolean", flag, "invalid_type")
     stream = body.get("stream")
     opts = body.get("stream_options") or {}
@@ -132,7 +133,7 @@ def parse_chat_request(body) -> ChatRequest:
     t, p = _number(body, "temperature", 0, 2), _number(body, "top_p", 0, 1)
     return ChatRequest(model, messages, bool(stream), bool(opts.get("include_usage")), 1.0 if t is None else float(t),
                        1.0 if p is None else float(p), max_tokens, stop, _number(body, "seed", -(1 << 63), (1 << 63) - 1, True),
-                       bool(body.get("ignore_eos")), tools, tool_choice)
+                       bool(body.get("ignore_eos")), tools, tool_choice, body.get("parallel_tool_calls") is not False)
 
 # %% ../nbs/09_serve.ipynb #t_parse
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")   # OpenAI's rule for a function's name
@@ -262,10 +263,13 @@ TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
 
 class ToolCallSplitter:
     "Splits streamed content into text and tool calls: text from `<tool_call>` on is held until its `</tool_call>`; a valid call comes out as a call, a broken one as its text."
-    def __init__(self, prefill:str=""): self.buf = prefill   # the prefill a tool_choice forced is the reply's start
+    def __init__(self, prefill:str="", # the prefill a tool_choice forced is the reply's start
+                 max_calls:int|None=None): # parallel_tool_calls false: 1, and everything after the first call is dropped
+        self.buf, self.max_calls, self.calls = prefill, max_calls, 0
 
     def push(self, text:str) -> list[tuple[str, object]]:
         "('content', text) and ('call', {'name', 'arguments'}) items, in order."
+        if self.max_calls is not None and self.calls >= self.max_calls: return []
         self.buf += text; out = []
         while self.buf:
             i = self.buf.find(TOOL_OPEN)
@@ -278,6 +282,8 @@ class ToolCallSplitter:
             block, self.buf = self.buf[:j + len(TOOL_CLOSE)], self.buf[j + len(TOOL_CLOSE):]
             _, calls, _ = parse_tool_calls(block)
             out.append(("call", calls[0]) if calls else ("content", block))
+            if calls: self.calls += 1
+            if self.max_calls is not None and self.calls >= self.max_calls: self.buf = ""; break
         return [(k, v) for k, v in out if v]
 
     def flush(self) -> list[tuple[str, object]]:
@@ -301,6 +307,7 @@ class Job:
     n_generated: int = 0
     finish: str|None = None    # "stop" | "length" | "cancelled" | "error"
     tools: bool = False        # search the reply for tool calls (tools given, tool_choice not "none")
+    max_calls: int|None = None # 1 when parallel_tool_calls is false
     prefill: str = ""          # the reply's forced start (a tool_choice), already in the prompt
 
     def __post_init__(self): self.events = asyncio.Queue() if self.loop else queue.Queue()
@@ -361,7 +368,8 @@ class Engine:
         left = self.max_context - len(ids)
         if left < 1: raise APIError(400, f"the prompt is {len(ids)} tokens; this model's context is {self.max_context}", "messages", "context_length_exceeded")
         return Job(ids, min(req.max_tokens or self.default_max_tokens, left), req.temperature, req.top_p, req.stop, req.seed,
-                   req.ignore_eos, loop, tools=bool(req.tools) and req.tool_choice != "none", prefill=tool_prefill(req))
+                   req.ignore_eos, loop, tools=bool(req.tools) and req.tool_choice != "none", prefill=tool_prefill(req),
+                   max_calls=None if req.parallel_tool_calls else 1)
 
     def submit(self, job:Job) -> Job:
         "Queue a job for the worker (HTTP 429 when too many are waiting)."
@@ -389,10 +397,12 @@ def tool_call_json(call:dict) -> dict:
     "An OpenAI tool call from a parsed {'name', 'arguments'}: a fresh id, the arguments as a JSON string."
     return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": {"name": call["name"], "arguments": to_json(call["arguments"])}}
 
-def completion_body(engine:Engine, cid:str, reasoning:str, content:str, finish:str, usage:dict, tools:bool=False) -> dict:
+def completion_body(engine:Engine, cid:str, reasoning:str, content:str, finish:str, usage:dict, tools:bool=False,
+                    max_calls:int|None=None) -> dict: # 1: parallel_tool_calls false, the first call only
     "A non-streaming chat.completion response; with `tools`, the reply's valid calls become `tool_calls` (content: the text around them, or None)."
     calls = []
     if tools: content, calls, _ = parse_tool_calls(content)       # a broken call stays in the text
+    calls = calls[:max_calls]
     msg = {"role": "assistant", "content": content if content or not calls else None, **({"reasoning_content": reasoning} if reasoning else {})}
     if calls: msg["tool_calls"], finish = [tool_call_json(c) for c in calls], "tool_calls"
     return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": engine.name,
@@ -473,7 +483,7 @@ async def job_events(job:Job, request):
 
 async def sse_stream(engine:Engine, job:Job, cid:str, include_usage:bool, request):
     "The event stream: a role chunk, deltas (text, reasoning, tool calls), a finish chunk, the usage chunk if asked, then [DONE]."
-    split, n_calls = (ToolCallSplitter(job.prefill) if job.tools else None), 0
+    split, n_calls = (ToolCallSplitter(job.prefill, job.max_calls) if job.tools else None), 0
     try:
         yield chunk(engine, cid, {"role": "assistant", "content": ""})
         async for ev in job_events(job, request):
@@ -526,7 +536,7 @@ def make_app(engine:Engine, api_key:str|None=None): # api_key: required as "Auth
         if end is None: return        # the client left: nobody to answer
         if end[0] == "error": raise APIError(500, end[1], type="server_error")
         return completion_body(engine, cid, "".join(parts["r"]).strip(), (job.prefill + "".join(parts["c"])).strip(), job.finish,
-                               usage_of(job), job.tools)
+                               usage_of(job), job.tools, job.max_calls)
 
     return app
 

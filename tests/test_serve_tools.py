@@ -77,6 +77,17 @@ def test_broken_calls_stay_text(scripted):
         assert streamed.strip() == c.message.content
 
 
+def test_parallel_tool_calls_false_keeps_the_first(scripted):
+    "OpenAI's parallel_tool_calls=false: at most one call, streamed or not; the default keeps them all."
+    client, url, _ = scripted
+    c = create(client, "two calls", parallel_tool_calls=False).choices[0]
+    assert c.finish_reason == "tool_calls" and [t.function.name for t in c.message.tool_calls] == ["calculator"]
+    chunks = sse(url, {"model": "minimind", "messages": ask("two calls"), "tools": [CALCULATOR, LOOKUP], "stream": True, "parallel_tool_calls": False})
+    heads = [t["function"]["name"] for c in chunks for t in c["choices"][0]["delta"].get("tool_calls", []) if "id" in t]
+    assert heads == ["calculator"] and chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    assert len(create(client, "two calls", parallel_tool_calls=True).choices[0].message.tool_calls) == 2
+
+
 def sse(url, payload):
     with httpx.stream("POST", url + "/v1/chat/completions", json=payload, timeout=60) as r:
         assert r.status_code == 200
@@ -151,6 +162,7 @@ BAD = [  # (extra body fields, messages after the question, expected param)
     ({"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "lookup"}}}, [], "tool_choice"),
     ({"tools": [TOOL], "tool_choice": {"type": "function"}}, [], "tool_choice"),
     ({"tool_choice": "required"}, [], "tool_choice"),
+    ({"tools": [TOOL], "parallel_tool_calls": "no"}, [], "parallel_tool_calls"),
     ({}, [{"role": "tool", "content": "84"}], "messages[1].tool_call_id"),
     ({}, [{"role": "tool", "tool_call_id": "call_9", "content": "84"}], "messages[1].tool_call_id"),
     ({}, [ASSISTANT_CALL, {"role": "tool", "tool_call_id": "call_2", "content": "84"}], "messages[2].tool_call_id"),
