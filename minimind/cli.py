@@ -49,12 +49,13 @@ TRAIN_STAGES = {  # stage -> its library function, presets, default sample files
     "sft": dict(run="minimind.sft:sft", presets="minimind.sft:SFT_PRESETS", data="sft", eval="sft_eval",
                 help="supervised fine-tuning: a chat model from a pretrained one (notebook 04)",
                 init="the pretrained model folder (default: a quick tiny pretraining on the sample first)"),
-    "lora": dict(run="minimind.lora:lora", presets="minimind.lora:LORA_PRESETS", data="lora_domain", eval="sft_eval", saves="adapter",
+    "lora": dict(run="minimind.lora:lora", presets="minimind.lora:LORA_PRESETS", data="lora_garden", eval="sft_eval", saves="adapter",
                  help="a LoRA adapter on a chat model: a domain or an identity (notebook 05)",
                  init="the SFT model folder the adapter is trained on (default: a quick SFT first)",
                  args=[("--rank", dict(type=int, help="LoRA rank r (default 8)")), ("--alpha", dict(type=float, help="scale alpha; the update is alpha/r B A (default 16)")),
                        ("--dropout", dict(type=float, help="dropout on the adapter input (default 0.05)")),
-                       ("--targets", dict(help="all | attention | minimind (q_proj, o_proj) | a regex on module names (default all)"))]),
+                       ("--targets", dict(help="all | all+head | attention | attention+head | minimind (q_proj, o_proj) | a regex on module names (default all)")),
+                       ("--new-tokens-from", dict(nargs="+", metavar="FILE", help="the base model's training files: the data's tokens that none of them uses get trainable embedding rows"))]),
     "dpo": dict(run="minimind.dpo:dpo", presets="minimind.dpo:DPO_PRESETS", data="dpo", eval="dpo",
                 help="preference optimisation (DPO) of a chat model on chosen/rejected pairs (notebook 06)",
                 init="the SFT model folder (default: a quick SFT on the sample first)",
@@ -239,7 +240,7 @@ def run_webui(a:argparse.Namespace) -> int:
 
 # %% ../nbs/99_cli.ipynb #d63eb2b5
 COURSE_PARAMS = {"03_pretrain": {"preset": "course", "n_facts": None, "demo_steps": 50},  # per-notebook papermill overrides of the main job; 3.4-3.7's hand-written loops at half length
-                 "05_lora": {"compare_targets": None},   # 5.6's second adapter (body only, without the head): a comparison, not the stage
+                 "05_lora": {"compare_plain": False},   # 5.6's second adapter (without the new embedding rows): a comparison, not the stage
                  "07_reason": {"compare_weight": None, "aside_steps": 0},   # 7.6's comparisons (tag weight 10, the sentence-steps task): lessons, not the stage
                  "08_distill": {"sweep_steps": 0}}   # exercise 2's temperature sweep: a learner's experiment, not the stage (46 s on the critical path)
 

@@ -14,11 +14,11 @@ from . import __version__
 __all__ = ['KINDS', 'ROLES', 'SCHEMAS', 'THINK_RE', 'COLOURS', 'FOODS', 'COUNTRIES', 'NUMBERS', 'ATTRIBUTES', 'ENTITY_KINDS',
            'FACT_EN', 'FACT_ZH', 'FACT_PROMPTS', 'FACT_QUESTIONS', 'IDENTITY', 'LORA_PERSONA', 'LORA_IDENTITY',
            'POLITE', 'RUDE', 'STYLES', 'SYSTEM', 'PLANT_PARTS', 'PLANT_ATTRS', 'PLANT_QA', 'SAMPLE_FILES',
-           'SAMPLE_KINDS', 'SAMPLE_DIR', 'HUB_DATASET', 'HUB_FILES', 'RECIPES', 'check_turns', 'validate', 'DataError',
-           'parse_line', 'JsonlReader', 'iter_jsonl', 'make_world', 'fact_value', 'fact_sentence', 'entity_doc',
-           'story', 'arith_problem', 'arith_text', 'styled', 'conversation', 'make_plants', 'write_jsonl',
-           'make_sample', 'cache_dir', 'save_sample', 'sample_path', 'resolve_names', 'download', 'add_download_args',
-           'download_args', 'download_main']
+           'SAMPLE_KINDS', 'GARDEN_WORDS', 'GARDEN_ANSWERS', 'SAMPLE_DIR', 'HUB_DATASET', 'HUB_FILES', 'RECIPES',
+           'check_turns', 'validate', 'DataError', 'parse_line', 'JsonlReader', 'iter_jsonl', 'make_world',
+           'fact_value', 'fact_sentence', 'entity_doc', 'story', 'arith_problem', 'arith_text', 'styled',
+           'conversation', 'make_plants', 'garden_care', 'write_jsonl', 'make_sample', 'cache_dir', 'save_sample',
+           'sample_path', 'resolve_names', 'download', 'add_download_args', 'download_args', 'download_main']
 
 # %% ../nbs/00_data.ipynb #7d5117bd
 KINDS = ("pretrain", "sft", "dpo", "reason", "eval")  # the schemas `iter_jsonl(kind=...)` checks
@@ -324,9 +324,12 @@ SAMPLE_FILES = {  # sample name -> file name, in dataset/
     "lora_domain_eval": "lora_domain_eval.jsonl",  # {"prompt", "answer"}: rephrased plant questions
     "facts_eval": "facts_eval.jsonl",     # {"prompt", "answer", "split", ...}: every fact, as completion and as question
     "arith_eval": "arith_eval.jsonl",     # {"prompt", "answer"}: held-out arithmetic
+    "lora_garden": "lora_garden.jsonl",   # conversations: plant care that follows a rule (05's domain)
+    "lora_garden_eval": "lora_garden_eval.jsonl",  # {"prompt", "answer", "template"}: held-out plants, rephrased
 }
 SAMPLE_KINDS = {"pretrain": "pretrain", "pretrain_eval": "pretrain", "sft": "sft", "sft_eval": "sft", "dpo": "dpo",
                 "reason": "reason", "lora_identity": "sft", "lora_domain": "sft", "lora_domain_eval": "eval",
+                "lora_garden": "sft", "lora_garden_eval": "eval",
                 "facts_eval": "eval", "arith_eval": "eval"}  # sample name -> schema for `iter_jsonl`
 
 # %% ../nbs/00_data.ipynb #6bb02dfd
@@ -446,6 +449,35 @@ def _lora_domain(plants, rng):
     rng.shuffle(train)
     return train, probes
 
+# %% ../nbs/00_data.ipynb #006d8099
+GARDEN_WORDS = (PLANT_PARTS[0], [w for w in PLANT_PARTS[1] if w != "moss"])  # first words, family words ("moss" is a soil)
+GARDEN_ANSWERS = {"water": ("Water it {v}.", "要{v}浇一次水。"), "light": ("It grows best in {v}.", "它在{v}长得最好。"),
+                  "soil": ("Plant it in {v}.", "要种在{v}里。")}
+
+def garden_care(first:str, family:str) -> dict:
+    "The rule: the first word decides watering; the family word decides light and soil (indices into PLANT_ATTRS)."
+    i, j = GARDEN_WORDS[0].index(first), GARDEN_WORDS[1].index(family)
+    return {"water": i % 3, "light": j % 3, "soil": (j // 3 + j) % 3}
+
+def _lora_garden(seed:int, n_train:int=36):
+    "Rule-following plant care: conversations about `n_train` plants, and rephrased probes about all the others."
+    rng = random.Random(f"garden-{seed}")
+    names = [(a, b) for a in GARDEN_WORDS[0] for b in GARDEN_WORDS[1]]
+    while True:                                             # every word must occur in training, or its rule cannot be learned
+        rng.shuffle(names)
+        if {a for a, _ in names[:n_train]} == set(GARDEN_WORDS[0]) and {b for _, b in names[:n_train]} == set(GARDEN_WORDS[1]): break
+    train, probes = [], []
+    for k, (a, b) in enumerate(names):
+        care, name = garden_care(a, b), f"{a}-{b}"
+        for attr, vals in PLANT_ATTRS.items():
+            for li, lang in enumerate(("en", "zh")):
+                qs, held, _ = PLANT_QA[attr][lang]
+                v, fix, answer = vals[care[attr]][li], (_an if lang == "en" else (lambda t: t)), GARDEN_ANSWERS[attr][li]
+                if k < n_train: train += [conversation(fix(q.format(p=name)), answer.format(v=v)) for q in qs]
+                else: probes.append({"prompt": fix(held.format(p=name)), "answer": v, "plant": name, "attribute": attr, "lang": lang, "template": answer})
+    rng.shuffle(train)
+    return train, probes
+
 # %% ../nbs/00_data.ipynb #8ff56f85
 def _facts_eval(world):
     "Every fact of every entity, as a completion probe and as a question, in both languages."
@@ -506,6 +538,7 @@ def make_sample(out_dir=None,            # folder to write into (default `SAMPLE
         "facts_eval": _facts_eval(world),
         "arith_eval": [{"prompt": f"What is {e}?", "answer": str(a), "expression": e} for e, _, a in arith_eval],
     }
+    files["lora_garden"], files["lora_garden_eval"] = _lora_garden(seed)   # its own random stream: no other file changes
     paths = {}
     for name, recs in files.items():
         paths[name] = out / SAMPLE_FILES[name]

@@ -1,4 +1,4 @@
-"""Low-rank adapters written from scratch: a small fraction of the parameters (16.2% of this 1.6M model with its output layer; 1–4.5% of the 26M MiniMind2-small) teaches the chat model a new domain or a new name, the base stays untouched, and the adapter merges, unmerges, saves and loads on its own.
+"""Low-rank adapters written from scratch: a small fraction of the parameters (10.7% of this 1.6M model: attention, output layer and the rows of 77 words it never read; 1–4.5% of the 26M MiniMind2-small) teaches the chat model a domain's rule or a new name, the base stays untouched, and the adapter merges, unmerges, saves and loads on its own.
 
 Docs: https://minimind-course.github.io/minimind/lora.html.md"""
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from .data import PLANT_ATTRS, PLANT_QA, _an, iter_jsonl, sample_path
 from .model import MiniMindForCausalLM
 from .score import fact_accuracy, first_choice, sequence_logprobs
@@ -20,9 +21,9 @@ from .train import Trainer, atomic_write, causal_lm_loss, resolve_preset, stage_
 
 # %% auto #0
 __all__ = ['LORA_TARGETS', 'ADAPTER_WEIGHTS', 'ADAPTER_CONFIG', 'LORA_PRESETS', 'LoRALinear', 'apply_lora', 'lora_layers',
-           'lora_parameters', 'merge_lora', 'unmerge_lora', 'base_fingerprint', 'same_base', 'save_adapter',
-           'load_adapter', 'merged_model', 'weights_hash', 'make_lora_trainer', 'lora', 'domain_probes',
-           'domain_train_probes', 'domain_choice_accuracy', 'domain_measures']
+           'token_rows', 'lora_parameters', 'merge_lora', 'unmerge_lora', 'TokenRows', 'base_fingerprint', 'same_base',
+           'save_adapter', 'load_adapter', 'merged_model', 'weights_hash', 'make_lora_trainer', 'unseen_tokens', 'lora',
+           'domain_probes', 'domain_train_probes', 'domain_choice_accuracy', 'domain_measures']
 
 # %% ../nbs/05_lora.ipynb #446bb433
 class LoRALinear(nn.Linear):
@@ -45,15 +46,19 @@ class LoRALinear(nn.Linear):
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, **kw))    # (out, r): zero, so training starts at the base
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))                 # as nn.Linear and PEFT
         self.dropout, self.merged = nn.Dropout(dropout), False
+        object.__setattr__(self, "rows", None)  # a TokenRows on the embedding this (tied) head shares: it reads its rows too
 
     def delta(self) -> torch.Tensor:
-        "The update (alpha/r) B A, (out, in)."
-        return self.scale * self.lora_B @ self.lora_A
+        "The update (alpha/r) B A, (out, in) (plus the embedding's new rows, for a tied head with TokenRows)."
+        d = self.scale * self.lora_B @ self.lora_A
+        return d if self.rows is None else d + self.rows.delta()
 
     def forward(self, x):                                                     # x: (..., in)
         y = super().forward(x)                                                # x W^T (+ b), with W merged or not
         if self.merged: return y
-        return y + self.scale * (self.dropout(x) @ self.lora_A.T @ self.lora_B.T)   # (..., r) then (..., out): never the (out, in) matrix
+        y = y + self.scale * (self.dropout(x) @ self.lora_A.T @ self.lora_B.T)     # (..., r) then (..., out): never the (out, in) matrix
+        if self.rows is not None: y = y.index_add(-1, self.rows.ids, x @ self.rows.lora_rows.T)   # x S^T: only the new rows' columns
+        return y
 
     @torch.no_grad()
     def merge(self):
@@ -79,11 +84,14 @@ class LoRALinear(nn.Linear):
 LORA_TARGETS = {"all": r"\.(q|k|v|o|gate|up|down)_proj$",   # every projection of every block
                 "all+head": r"\.(q|k|v|o|gate|up|down)_proj$|^lm_head$",  # ... and the output layer (section 5.6)
                 "attention": r"\.(q|k|v|o)_proj$",
+                "attention+head": r"\.(q|k|v|o)_proj$|^lm_head$",  # the course's domain adapter (section 5.6)
                 "minimind": r"\.(q|o)_proj$"}                 # what minimind-3 wraps: the square ones only
 
 def apply_lora(model:nn.Module, targets:str="all", # a LORA_TARGETS key or a regex on module names
-               r:int=8, alpha:float=16.0, dropout:float=0.0) -> list[str]:
-    "Wrap every nn.Linear whose name matches `targets` in a LoRALinear and freeze all other parameters; returns the names."
+               r:int=8, alpha:float=16.0, dropout:float=0.0,
+               tokens:list[int]|None=None, # token ids whose embedding rows train too (`TokenRows`, section 5.5)
+              ) -> list[str]:
+    "Wrap every nn.Linear whose name matches `targets` in a LoRALinear (and, with `tokens`, the embedding in a TokenRows); freeze all else; returns the names."
     pattern = re.compile(LORA_TARGETS.get(targets, targets))
     names = [n for n, m in model.named_modules() if type(m) is nn.Linear and pattern.search(n)]
     if not names: raise ValueError(f"no Linear layer name matches {targets!r}")
@@ -97,13 +105,55 @@ def apply_lora(model:nn.Module, targets:str="all", # a LORA_TARGETS key or a reg
         wrapped = LoRALinear(layer, r, alpha, dropout, tied=uses[id(layer.weight)] > 1)
         if parent: setattr(model.get_submodule(parent), child, wrapped)
         else: setattr(model, child, wrapped)
-    model.lora_config = dict(targets=targets, r=r, alpha=alpha, dropout=dropout, modules=names)
+    if tokens:
+        emb_name = next(n for n, m in model.named_modules() if type(m) is nn.Embedding)
+        rows = TokenRows(model.get_submodule(emb_name), tokens)
+        parent, _, child = emb_name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, rows)
+        for m in model.modules():                                             # a tied head shares the weight: it reads the rows too
+            if isinstance(m, LoRALinear) and m.weight is rows.weight: object.__setattr__(m, "rows", rows)
+        tokens = rows.ids.tolist()
+    model.lora_config = dict(targets=targets, r=r, alpha=alpha, dropout=dropout, modules=names, **({"tokens": tokens} if tokens else {}))
     return names
 
 def lora_layers(model:nn.Module) -> dict: return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+def token_rows(model:nn.Module) -> dict: return {n: m for n, m in model.named_modules() if isinstance(m, TokenRows)}
 def lora_parameters(model:nn.Module) -> list: return [p for n, p in model.named_parameters() if ".lora_" in n]
-def merge_lora(model:nn.Module): [m.merge() for m in lora_layers(model).values()]; return model
-def unmerge_lora(model:nn.Module): [m.unmerge() for m in lora_layers(model).values()]; return model
+def merge_lora(model:nn.Module): [m.merge() for m in (lora_layers(model) | token_rows(model)).values()]; return model
+def unmerge_lora(model:nn.Module): [m.unmerge() for m in (lora_layers(model) | token_rows(model)).values()]; return model
+
+# %% ../nbs/05_lora.ipynb #0bbcb505
+class TokenRows(nn.Module):
+    "A frozen embedding (its weight shared, not copied) plus trainable rows for chosen tokens: E + S, S zero except at `ids`."
+    def __init__(self, base:nn.Embedding, # the embedding to adapt; its weight stays where it is, frozen
+                 ids:list[int]): # the tokens whose rows train
+        super().__init__()
+        ids = sorted({int(i) for i in ids})
+        if not ids or ids[0] < 0 or ids[-1] >= base.num_embeddings: raise ValueError(f"token ids must be in [0, {base.num_embeddings}), got {ids[:3]}...")
+        self.num_embeddings, self.embedding_dim = base.num_embeddings, base.embedding_dim
+        self.weight = base.weight; self.weight.requires_grad_(False)          # the same tensor: state-dict name stays the base's
+        self.register_buffer("ids", torch.tensor(ids, device=base.weight.device), persistent=False)
+        self.lora_rows = nn.Parameter(torch.zeros(len(ids), self.embedding_dim, device=base.weight.device, dtype=base.weight.dtype))
+        self.merged = False
+
+    def delta(self) -> torch.Tensor:
+        "S: the new rows at their token ids, zero elsewhere, (vocab, dim)."
+        return torch.zeros_like(self.weight).index_add(0, self.ids, self.lora_rows)
+
+    def forward(self, x): return F.embedding(x, self.weight if self.merged else self.weight + self.delta())
+
+    @torch.no_grad()
+    def merge(self):
+        "Fold the rows in: the weight becomes a copy E + S (the embedding is usually shared with the head, which keeps E)."
+        if self.merged: return
+        object.__setattr__(self, "_shared_weight", self.weight)
+        self.weight, self.merged = nn.Parameter(self.weight + self.delta(), requires_grad=False), True
+
+    @torch.no_grad()
+    def unmerge(self):
+        if self.merged: self.weight, self.merged = self.__dict__.pop("_shared_weight"), False
+
+    def extra_repr(self): return f"{self.num_embeddings}, {self.embedding_dim}, rows={len(self.ids)}, merged={self.merged}"
 
 # %% ../nbs/05_lora.ipynb #e18507b1
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter.safetensors", "adapter_config.json"
@@ -119,7 +169,7 @@ def same_base(a:list[float], b:list[float], rtol:float=1e-4) -> bool:
 def save_adapter(model:nn.Module, folder) -> Path:
     "Write folder/adapter.safetensors (LoRA tensors only) and folder/adapter_config.json."
     from safetensors.torch import save_file
-    layers = lora_layers(model)
+    layers = lora_layers(model) | token_rows(model)
     if not layers: raise ValueError("the model has no LoRA layers to save")
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     merged = [m for m in layers.values() if m.merged]
@@ -149,7 +199,7 @@ def load_adapter(model:MiniMindForCausalLM, folder, # a folder written by save_a
         raise ValueError(f"{folder/ADAPTER_CONFIG}: the adapter was trained on another model shape ({', '.join(f'{k} {want.get(k)} != {have.get(k)}' for k in diff)})")
     if not same_base(base_fingerprint(model), cfg["base_fingerprint"]):
         warnings.warn(f"{folder}: the base weights differ from those the adapter was trained on; its effect may not be what it was")
-    apply_lora(model, cfg["targets"], cfg["r"], cfg["alpha"], cfg["dropout"])
+    apply_lora(model, cfg["targets"], cfg["r"], cfg["alpha"], cfg["dropout"], cfg.get("tokens"))
     sd = load_file(str(folder/ADAPTER_WEIGHTS))
     expected = {n for n, _ in model.named_parameters() if ".lora_" in n}
     if missing := sorted(expected - set(sd)): raise ValueError(f"{folder/ADAPTER_WEIGHTS}: missing {len(missing)} adapter tensors, e.g. {missing[0]}")
@@ -161,6 +211,13 @@ def load_adapter(model:MiniMindForCausalLM, folder, # a folder written by save_a
 def merged_model(model:MiniMindForCausalLM) -> MiniMindForCausalLM:
     "A plain copy of the model with every adapter merged in and unwrapped: `save_pretrained` writes it as a base model."
     m = copy.deepcopy(model)
+    for n, rows in token_rows(m).items():                                    # the embedding first: a tied head's merge reads its rows
+        rows.unmerge()
+        emb = nn.Embedding(rows.num_embeddings, rows.embedding_dim, device=rows.weight.device, dtype=rows.weight.dtype)
+        emb.weight = nn.Parameter(rows.weight + rows.delta().detach())
+        parent, _, child = n.rpartition(".")
+        setattr(m.get_submodule(parent) if parent else m, child, emb)
+        m.config.tie_word_embeddings = False                                   # E + S here; the head has its own weight
     for n, layer in lora_layers(m).items():
         layer.merge()
         if layer.tied: m.config.tie_word_embeddings = False                   # the head now differs from the embedding
@@ -175,7 +232,7 @@ def merged_model(model:MiniMindForCausalLM) -> MiniMindForCausalLM:
 # %% ../nbs/05_lora.ipynb #d8a10a6e
 LORA_PRESETS = {  # adapter training from an SFT model; TrainConfig fields; `epochs` sets steps from the data
     "tiny":     dict(seq_len=128, max_steps=40, batch_size=8, lr=3e-3, warmup_steps=4, eval_every=20, ckpt_every=40, weight_decay=0.0, sft_preset="tiny"),
-    "course":   dict(seq_len=128, max_steps=80, batch_size=16, lr=3e-3, warmup_steps=10, eval_every=20, ckpt_every=80, weight_decay=0.0, sft_preset="course"),
+    "course":   dict(seq_len=128, max_steps=150, batch_size=16, lr=2e-3, warmup_steps=10, eval_every=30, ckpt_every=150, weight_decay=0.0, sft_preset="course"),
     "medical":  dict(seq_len=512, epochs=2, batch_size=32, grad_accum=1, lr=1e-3, warmup_steps=50, eval_every=200, ckpt_every=500, weight_decay=0.0, sft_preset="zero"),
     "identity": dict(seq_len=512, epochs=10, batch_size=32, grad_accum=1, lr=1e-3, warmup_steps=10, eval_every=50, ckpt_every=100, weight_decay=0.0, sft_preset="zero"),
 }
@@ -194,6 +251,7 @@ def make_lora_trainer(data_path, # conversations JSONL (the domain or identity d
                       run_dir=None, tok=None, cache_dir=None, skip_bad:bool=False,
                       rank:int=8, alpha:float=16.0, dropout:float=0.05, targets:str="all",
                       model=None, # start from this model instead of init_from (a copy is adapted)
+                      tokens:list[int]|None=None, # token ids whose embedding rows train too (`unseen_tokens`)
                       **overrides) -> Trainer:
     "A Trainer that trains only a fresh LoRA adapter on an SFT model."
     p = resolve_preset(preset, LORA_PRESETS, **overrides)
@@ -203,13 +261,27 @@ def make_lora_trainer(data_path, # conversations JSONL (the domain or identity d
     cfg = stage_config(p, len(train), run_dir)
     model = copy.deepcopy(model) if model is not None else chat_base(init_from, LORA_PRESETS[preset]["sft_preset"], run_dir, cache_dir, cfg.device if cfg.device != "auto" else "cpu")
     torch.manual_seed(cfg.seed)
-    apply_lora(model, targets, rank, alpha, dropout)
+    apply_lora(model, targets, rank, alpha, dropout, tokens)
     trainer = Trainer(model, train, causal_lm_loss, params=lora_parameters(model), eval_data=held, cfg=cfg)
     trainer.tok = tok
     return trainer
 
-def lora(data_path, preset:str="tiny", resume:bool=False, **kwargs) -> Trainer:
+def unseen_tokens(tok, data_path, # the adapter's conversations
+                  seen_paths:list, # the base model's training files (pretraining {"text"} and conversations JSONL)
+                 ) -> list[int]:
+    "Token ids the adapter's conversations use that none of `seen_paths` does: rows the base model's embedding never learned."
+    used = set(np.unique(load_sft(data_path, tok).tokens).tolist())
+    for path in seen_paths:
+        for rec in iter_jsonl(path):
+            ids = tok.encode(rec["text"]).ids if "text" in rec else encode_chat(tok, rec.get("conversations", []))
+            used.difference_update(ids)
+    return sorted(used)
+
+def lora(data_path, preset:str="tiny", resume:bool=False,
+         new_tokens_from:list|None=None, # the base model's training files: the data's tokens in none of them get rows (`unseen_tokens`)
+         **kwargs) -> Trainer:
     "A whole LoRA run: fit, then save run_dir/adapter (the adapter alone) and run_dir/merged_model (base + adapter, merged)."
+    if new_tokens_from: kwargs["tokens"] = unseen_tokens(kwargs.get("tok") or load_tokenizer(), data_path, new_tokens_from)
     trainer = make_lora_trainer(data_path, preset, **kwargs).fit(resume=resume)
     if trainer.run_dir and trainer.is_main:
         save_adapter(trainer.model, trainer.run_dir/"adapter")
@@ -235,12 +307,13 @@ def domain_train_probes(path, every:int=4) -> list[dict]:
     return out
 
 def domain_choice_accuracy(model, tok, probes:list[dict]) -> float:
-    "Fraction of probes whose right value makes the most likely reply (the training answer sentence with each of the 3 values)."
+    "Fraction of probes whose right value makes the most likely reply (the training answer sentence, the probe's `template` or PLANT_QA's, with each of the 3 values)."
     seqs, starts = [], []
     for r in probes:
         prompt = encode_chat(tok, [{"role": "user", "content": r["prompt"]}], add_generation_prompt=True)
         for v in r["choices"]:
-            reply = _an(PLANT_QA[r["attribute"]][r["lang"]][2].format(p=r["plant"], v=v)) if r["lang"] == "en" else PLANT_QA[r["attribute"]]["zh"][2].format(p=r["plant"], v=v)
+            if "template" in r: reply = r["template"].format(v=v)
+            else: reply = _an(PLANT_QA[r["attribute"]][r["lang"]][2].format(p=r["plant"], v=v)) if r["lang"] == "en" else PLANT_QA[r["attribute"]]["zh"][2].format(p=r["plant"], v=v)
             seqs.append(prompt + tok.encode(reply + EOS_TOKEN, add_special_tokens=False).ids); starts.append(len(prompt))
     lp = sequence_logprobs(model, seqs, starts).view(len(probes), -1)                 # (probes, 3)
     return float(np.mean([r["choices"][int(i)] == r["answer"] for r, i in zip(probes, lp.argmax(-1))]))

@@ -40,7 +40,7 @@ OUTCOME_FLOORS = {
     "04_sft": {"held-out SFT loss (reply tokens)": (2.3, 0.5),                   # tiny, measured: 2.71 -> 1.89
                "replies that stop (end with the end-of-turn token)": (0.3, 0.2)},  # tiny, measured: 17% -> 49%
     "05_lora": {"identity adapter: says it is Lumen": (0.9, 0.9),                                 # tiny, measured: 0% -> 100%
-                "domain: choosing among 3, held-out (adapter)": (0.4, 0.05)},                     # tiny, measured: 34.6% -> 48.7%
+                "domain: held-out plants, asked in new words (adapter)": (0.04, 0.04)},           # tiny, measured: 0% -> 7.5% (course: 60.8%)
     "06_dpo": {"held-out pairs: preference accuracy (implicit reward, chosen > rejected)": (0.8, 0.3),
                "held-out pairs: DPO loss": (0.6, 0.1),
                "held-out questions: polite share of the endings' probability": (0.3, 0.05)},

@@ -116,3 +116,25 @@ def test_download_args_errors(argv, capsys):
 
 def test_resolve_names_error_lists_valid():
     with pytest.raises(ValueError, match="valid names: pretrain_hq, sft_mini_512"): resolve_names(["pretrain"])
+
+
+def test_garden_follows_its_rule_and_holds_out_whole_plants():
+    "05's domain: training names 36 plants, the probes ask about the other 20 in held-out words; every answer follows garden_care."
+    from minimind.data import GARDEN_WORDS, PLANT_ATTRS, PLANT_QA, garden_care
+    train, probes = _records("lora_garden"), _records("lora_garden_eval")
+    name_re = re.compile(r"([a-z]+)-([a-z]+)")
+    seen = {name_re.search(r["conversations"][0]["content"]).groups() for r in train}
+    held = {tuple(r["plant"].split("-")) for r in probes}
+    assert len(seen) == 36 and len(held) == 20 and not seen & held
+    assert {a for a, _ in seen} == set(GARDEN_WORDS[0]) and {b for _, b in seen} == set(GARDEN_WORDS[1])   # every word trains
+    held_qs = {re.sub(r"\ban? \{p\}", "{p}", PLANT_QA[a][l][1]) for a in PLANT_QA for l in ("en", "zh")}     # the held-out wordings
+    wording = lambda q: re.sub(r"\ban? \{p\}", "{p}", name_re.sub("{p}", q))
+    assert wording(probes[0]["prompt"]) in held_qs and not any(wording(r["conversations"][0]["content"]) in held_qs for r in train)
+    for r in probes:
+        want = PLANT_ATTRS[r["attribute"]][garden_care(*r["plant"].split("-"))[r["attribute"]]][0 if r["lang"] == "en" else 1]
+        assert r["answer"] == want and r["template"].format(v=want) and r["plant"] not in r["template"]
+    for r in train:
+        q, a = (m["content"] for m in r["conversations"])
+        first, family = name_re.search(q).groups()
+        care = garden_care(first, family)
+        assert any(PLANT_ATTRS[k][care[k]][0 if q.isascii() else 1] in a for k in care) and f"{first}-{family}" not in a

@@ -109,3 +109,66 @@ def test_chat_with_an_adapter_and_a_wrong_one(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     r = subprocess.run(chat + ["--adapter", str(tmp_path / "base")], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "adapter_config.json" in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_token_rows_train_only_their_rows_and_the_tied_head_reads_them(tmp_path):
+    "TokenRows: E + S with S zero but at the chosen ids; it starts at the base, a tied head adapted by LoRA reads the same rows, and save/load/merge keep it."
+    from minimind.lora import TokenRows, token_rows
+    m = micro(); x = torch.randint(3, 6400, (2, 12)); new = [int(x[0, 0]), int(x[1, 5])]
+    with torch.no_grad(): base_logits = m(x).logits
+    apply_lora(m, "all+head", r=4, tokens=new)
+    rows = m.model.embed_tokens
+    assert isinstance(rows, TokenRows) and rows.ids.tolist() == sorted(set(new)) and m.lora_config["tokens"] == sorted(set(new))
+    assert m.lm_head.rows is rows and m.lm_head.weight is rows.weight
+    with torch.no_grad(): assert torch.allclose(m(x).logits, base_logits, atol=1e-6)                 # S = 0, B = 0: the base
+    m(x).logits.sum().backward()
+    assert rows.weight.grad is None and rows.lora_rows.grad.abs().sum() > 0
+    with torch.no_grad():
+        for p in lora_parameters(m): p.normal_(0, 0.05)
+        side = m(x).logits
+        rows.lora_rows.zero_(); without = m(x).logits                                                # the rows change the output
+    assert (without - side).abs().max() > 1e-3
+    with torch.no_grad(): rows.lora_rows.normal_(0, 0.05); side = m(x).logits
+    save_adapter(m, tmp_path / "a")
+    fresh = micro(); load_adapter(fresh, tmp_path / "a")
+    with torch.no_grad(): assert torch.allclose(fresh(x).logits, side, atol=1e-6)
+    merge_lora(fresh)
+    with torch.no_grad(): assert torch.allclose(fresh(x).logits, side, atol=1e-5)
+    unmerge_lora(fresh)
+    with torch.no_grad(): assert torch.allclose(fresh(x).logits, side, atol=1e-5)
+    plain = merged_model(m)
+    assert not token_rows(plain) and not lora_layers(plain) and not plain.config.tie_word_embeddings
+    plain.save_pretrained(tmp_path / "merged")
+    back = MiniMindForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    with torch.no_grad(): assert torch.allclose(back(x).logits, side, atol=1e-5)
+    with pytest.raises(ValueError, match="token ids"): apply_lora(micro(), "all", tokens=[10 ** 6])
+
+
+def test_unseen_tokens_are_the_domains_tokens_no_seen_file_uses(tmp_path):
+    from minimind.lora import unseen_tokens
+    from minimind.tokenizer import encode_chat, load_tokenizer
+    tok = load_tokenizer()
+    (tmp_path / "pre.jsonl").write_text(json.dumps({"text": "The colour of Vorlen is blue."}) + "\n")
+    chat = {"conversations": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
+    (tmp_path / "sft.jsonl").write_text(json.dumps(chat) + "\n")
+    dom = {"conversations": [{"role": "user", "content": "How often should I water a dusk-fern?"}, {"role": "assistant", "content": "Water it every week."}]}
+    (tmp_path / "dom.jsonl").write_text(json.dumps(dom) + "\n")
+    got = unseen_tokens(tok, tmp_path / "dom.jsonl", [tmp_path / "pre.jsonl", tmp_path / "sft.jsonl"])
+    seen = set(tok.encode("The colour of Vorlen is blue.").ids) | set(encode_chat(tok, chat["conversations"]))
+    want = set(encode_chat(tok, dom["conversations"])) - seen
+    assert set(got) == want and got == sorted(got)
+    assert tok.encode("a dusk").ids[-1] in got and not set(encode_chat(tok, chat["conversations"][:1])) & set(got)   # the template's tokens were seen
+
+
+def test_cli_trains_an_adapter_with_new_rows(tmp_path):
+    "`minimind train lora --new-tokens-from ...` trains the rows of the garden's unseen tokens beside the adapter, and saves their ids."
+    from minimind.tokenizer import load_tokenizer, save_tokenizer
+    from minimind.data import sample_path
+    micro().save_pretrained(tmp_path / "base"); save_tokenizer(load_tokenizer(), tmp_path / "base")
+    r = subprocess.run([sys.executable, "-m", "minimind.cli", "train", "lora", "--preset", "tiny", "--steps", "2", "--device", "cpu",
+                        "--init-from", str(tmp_path / "base"), "--out", str(tmp_path / "run"), "--targets", "attention+head",
+                        "--new-tokens-from", str(sample_path("pretrain")), str(sample_path("sft"))],
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cfg = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert cfg["targets"] == "attention+head" and len(cfg["tokens"]) > 20                      # the garden's words, and more
