@@ -23,7 +23,7 @@ COMMANDS = [
      0, "step 3: train loss"),
     ("chat", ["chat", "--model", "run/model", "--raw", "--prompt", "The colour of", "--max-new-tokens", "8", "--temperature", "0",
               "--device", "cpu"], 0, "> The colour of"),
-    ("sample", ["sample", "--out", "data"], 0, "wrote 11 files"),
+    ("sample", ["sample", "--out", "data"], 0, "wrote 13 files"),
     ("course needs the checkout", ["course"], 1, "git clone https://github.com/minimind-course/minimind"),
 ]
 # The wheel holds the package and its metadata only; these must be in it.
