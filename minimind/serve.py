@@ -330,6 +330,7 @@ def generate_job(model, tok, job:Job):
     if job.cancelled.is_set(): job.finish = "cancelled"; return   # the client left while it waited
     g = None if job.seed is None else torch.Generator(model.device).manual_seed(job.seed)
     dec, stop, think = StreamDecoder(tok), StopChecker(job.stop), ThinkSplitter()
+    calls = ToolCallSplitter(job.prefill, job.max_calls) if job.tools and job.max_calls else None  # parallel_tool_calls false: stop after the call
     job.finish, hit = "length", False
     steps = model.stream_generate(job.ids, max_new_tokens=job.max_tokens, temperature=job.temperature, top_k=0,
                                   top_p=job.top_p, eos_token_id=None if job.ignore_eos else EOS_ID, generator=g)
@@ -339,7 +340,9 @@ def generate_job(model, tok, job:Job):
             if t == EOS_ID and not job.ignore_eos: job.finish = "stop"; break
             job.n_generated += 1
             text, hit = stop.push(dec.push(t))
-            if text: yield think.push(text)
+            if text:
+                parts = think.push(text); yield parts
+                if calls: calls.push(parts[1]); hit = hit or calls.calls >= calls.max_calls   # the last call allowed is closed
             if hit: job.finish = "stop"; break
     finally: steps.close()               # closing the generator frees its KV cache now
     if not hit:

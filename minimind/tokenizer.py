@@ -13,10 +13,10 @@ from .data import DataError, iter_jsonl, sample_path
 
 # %% auto #0
 __all__ = ['PAD_TOKEN', 'BOS_TOKEN', 'EOS_TOKEN', 'THINK_TOKENS', 'SPECIAL_TOKENS', 'PAD_ID', 'BOS_ID', 'EOS_ID',
-           'MODEL_MAX_LENGTH', 'QWEN2_PATTERN', 'TOKENIZER_SAMPLES', 'CHAT_TEMPLATE', 'DEFAULT_TOKENIZER_DIR',
-           'pre_tokenizer', 'common_cjk_chars', 'record_texts', 'guess_kind', 'corpus', 'new_tokenizer',
-           'train_tokenizer', 'StreamDecoder', 'apply_chat_template', 'encode_chat', 'tokenizer_config',
-           'save_tokenizer', 'load_tokenizer']
+           'MODEL_MAX_LENGTH', 'QWEN2_PATTERN', 'TOKENIZER_SAMPLES', 'TOOLS_PREAMBLE', 'TOOLS_POSTAMBLE',
+           'CHAT_TEMPLATE', 'DEFAULT_TOKENIZER_DIR', 'pre_tokenizer', 'common_cjk_chars', 'record_texts', 'guess_kind',
+           'corpus', 'new_tokenizer', 'train_tokenizer', 'StreamDecoder', 'apply_chat_template', 'encode_chat',
+           'tokenizer_config', 'save_tokenizer', 'load_tokenizer']
 
 # %% ../nbs/00_tokenizer.ipynb #5e093b79
 PAD_TOKEN, BOS_TOKEN, EOS_TOKEN = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
@@ -110,19 +110,46 @@ class StreamDecoder:
         return new
 
 # %% ../nbs/00_tokenizer.ipynb #fe4176c7
-CHAT_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-                 "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
-
 def apply_chat_template(messages:list[dict], # [{"role": "system"|"user"|"assistant", "content": str}, ...]
                         add_generation_prompt:bool=False, # end with "<|im_start|>assistant\n" for the model to continue
+                        open_thinking:bool=False, # and open its <think> block (a reasoning model; Qwen3's enable_thinking)
                        ) -> str:
     "Render messages as ChatML text (the same text as `CHAT_TEMPLATE`)."
     text = "".join(f"{BOS_TOKEN}{m['role']}\n{m['content']}{EOS_TOKEN}\n" for m in messages)
-    return text + (f"{BOS_TOKEN}assistant\n" if add_generation_prompt else "")
+    return text + (f"{BOS_TOKEN}assistant\n" + ("<think>\n" if open_thinking else "") if add_generation_prompt else "")
 
 def encode_chat(tok:Tokenizer, messages:list[dict], add_generation_prompt:bool=False) -> list[int]:
     "Token ids of the ChatML rendering of `messages`."
     return tok.encode(apply_chat_template(messages, add_generation_prompt), add_special_tokens=False).ids
+
+# %% ../nbs/00_tokenizer.ipynb #045f9587
+TOOLS_PREAMBLE = "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>"
+TOOLS_POSTAMBLE = ("\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n"
+                   "<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>")
+
+CHAT_TEMPLATE = (
+    "{%- if tools %}{{- '<|im_start|>system\\n' }}"                                # the # Tools block (07a), after the system prompt if any
+        "{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}"
+        "{{- " + json.dumps(TOOLS_PREAMBLE) + " }}{%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}"
+        "{{- " + json.dumps(TOOLS_POSTAMBLE + "<|im_end|>\n") + " }}{%- endif %}"
+    "{%- for message in messages %}"
+        "{%- if message.role == 'system' and tools and loop.first %}"                # already written in the # Tools turn
+        "{%- elif message.role == 'tool' %}"                                         # results: one user turn for a run of them
+            "{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}"
+            "{{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}"
+            "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}"
+        "{%- elif message.role == 'assistant' and message.tool_calls %}"             # text, then one <tool_call> per call
+            "{{- '<|im_start|>assistant\\n' + (message.content or '') }}"
+            "{%- for call in message.tool_calls %}{%- set f = call.function if call.function is defined else call %}"
+                "{%- if message.content or not loop.first %}{{- '\\n' }}{%- endif %}"
+                "{{- '<tool_call>\\n{\"name\": \"' + f.name + '\", \"arguments\": ' + (f.arguments if f.arguments is string else f.arguments | tojson) + '}\\n</tool_call>' }}"
+            "{%- endfor %}{{- '<|im_end|>\\n' }}"
+        "{%- else %}{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"   # ChatML
+        "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+        "{%- if (open_thinking is defined and open_thinking) or (enable_thinking is defined and enable_thinking) %}{{- '<think>\\n' }}{%- endif %}"
+    "{%- endif %}")
 
 # %% ../nbs/00_tokenizer.ipynb #3e9ee454
 def tokenizer_config() -> dict:

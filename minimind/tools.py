@@ -11,13 +11,12 @@ from .data import ATTRIBUTES, FACT_QUESTIONS, IDENTITY, fact_sentence, fact_valu
 from .reason import fresh_expressions, heldout_expressions
 from .score import generate_batch
 from .sft import encode_spans
-from .tokenizer import apply_chat_template
+from .tokenizer import TOOLS_POSTAMBLE, TOOLS_PREAMBLE, apply_chat_template
 
 # %% auto #0
-__all__ = ['CALCULATOR', 'LOOKUP', 'TOOLS_PREAMBLE', 'TOOLS_POSTAMBLE', 'to_json', 'CALL_RE', 'MAX_CHARS', 'MAX_DIGITS',
-           'tools_block', 'call_text', 'render_pieces', 'render_messages', 'parse_tool_calls', 'ToolError', 'calculate',
-           'make_lookup', 'default_tools', 'run_call', 'agent_loop', 'generate_reply', 'encode_tool_sft', 'tool_chat',
-           'tool_chats']
+__all__ = ['CALCULATOR', 'LOOKUP', 'to_json', 'CALL_RE', 'MAX_CHARS', 'MAX_DIGITS', 'tools_block', 'call_text', 'render_pieces',
+           'render_messages', 'parse_tool_calls', 'ToolError', 'calculate', 'make_lookup', 'default_tools', 'run_call',
+           'agent_loop', 'generate_reply', 'encode_tool_sft', 'tool_chat', 'tool_chats']
 
 # %% ../nbs/07a_tools.ipynb #49ab4456
 CALCULATOR = {"type": "function", "function": {
@@ -32,9 +31,6 @@ LOOKUP = {"type": "function", "function": {
                    "required": ["entity", "attribute"]}}}
 
 # %% ../nbs/07a_tools.ipynb #d64bf7d2
-TOOLS_PREAMBLE = "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>"
-TOOLS_POSTAMBLE = ("\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n"
-                   "<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>")
 to_json = lambda x: json.dumps(x, ensure_ascii=False)     # as the template's `tojson`
 
 def tools_block(tools:list[dict], system:str|None=None) -> str:
@@ -67,9 +63,10 @@ def render_pieces(messages:list[dict], tools:list[dict]|None=None) -> list[tuple
 
 def render_messages(messages:list[dict], # OpenAI-shaped: system/user/assistant (content, tool_calls) and tool (content) messages
                     tools:list[dict]|None=None, # function signatures; None: plain ChatML
-                    add_generation_prompt:bool=False) -> str:
+                    add_generation_prompt:bool=False,
+                    open_thinking:bool=False) -> str: # with the generation prompt, open a <think> block (00's thinking switch)
     "The conversation as the model reads it: notebook 00's ChatML, plus Qwen3's tools block, `<tool_call>` and `<tool_response>` turns."
-    return "".join(t for t, _ in render_pieces(messages, tools)) + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+    return "".join(t for t, _ in render_pieces(messages, tools)) + apply_chat_template([], add_generation_prompt, open_thinking)
 
 # %% ../nbs/07a_tools.ipynb #b98ca55d
 CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.S)   # an unclosed block runs to the end of the text

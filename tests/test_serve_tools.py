@@ -85,7 +85,10 @@ def test_parallel_tool_calls_false_keeps_the_first(scripted):
     chunks = sse(url, {"model": "minimind", "messages": ask("two calls"), "tools": [CALCULATOR, LOOKUP], "stream": True, "parallel_tool_calls": False})
     heads = [t["function"]["name"] for c in chunks for t in c["choices"][0]["delta"].get("tool_calls", []) if "id" in t]
     assert heads == ["calculator"] and chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
-    assert len(create(client, "two calls", parallel_tool_calls=True).choices[0].message.tool_calls) == 2
+    both = create(client, "two calls", parallel_tool_calls=True)
+    assert len(both.choices[0].message.tool_calls) == 2
+    one = create(client, "two calls", parallel_tool_calls=False)
+    assert one.usage.completion_tokens < both.usage.completion_tokens       # generation stops at the first call's end
 
 
 def sse(url, payload):

@@ -8,7 +8,7 @@ import pytest
 from minimind.data import ATTRIBUTES, fact_value, make_world
 from minimind.tokenizer import apply_chat_template
 from minimind.tools import (CALCULATOR, LOOKUP, ToolError, agent_loop, calculate, default_tools, make_lookup, parse_tool_calls,
-                            render_messages, run_call, tools_block)
+                            render_messages, run_call, tool_chats, tools_block)
 
 WORLD = make_world(0)
 
@@ -123,3 +123,20 @@ def test_tool_chats_are_deterministic_checked_and_split():
         f = r["messages"][1]["tool_calls"][0]["function"]
         assert r["messages"][2]["content"] == run_call({"name": f["name"], "arguments": json.loads(f["arguments"])}, tools) == str(r["answer"])
         assert str(r["answer"]) in r["messages"][3]["content"]
+
+
+def test_transformers_renders_tools_as_we_do():
+    "The tokenizer's Jinja template (00) and `render_messages` agree on every tool conversation, with and without a system prompt or tools."
+    AutoTokenizer = pytest.importorskip("transformers").AutoTokenizer
+    from minimind.tokenizer import DEFAULT_TOKENIZER_DIR
+    hf = AutoTokenizer.from_pretrained(DEFAULT_TOKENIZER_DIR)
+    for split in ("train", "heldout"):
+        for r in tool_chats(30, split):
+            for msgs in (r["messages"], [{"role": "system", "content": "Be brief."}] + r["messages"]):
+                for tools, gen in (([CALCULATOR, LOOKUP], False), ([CALCULATOR, LOOKUP], True), (None, True)):
+                    assert hf.apply_chat_template(msgs, tools=tools, tokenize=False, add_generation_prompt=gen) == render_messages(msgs, tools, gen)
+    ask = [{"role": "user", "content": "What is 47 + 85?"}]
+    want = apply_chat_template(ask, add_generation_prompt=True) + "<think>\n"
+    for flag in ("open_thinking", "enable_thinking"):      # minimind-3's name for the thinking switch, and Qwen3's
+        assert hf.apply_chat_template(ask, tokenize=False, add_generation_prompt=True, **{flag: True}) == want == render_messages(ask, None, True, True)
+    assert not hf.apply_chat_template(ask, tokenize=False, add_generation_prompt=True, enable_thinking=False).endswith("<think>\n")
