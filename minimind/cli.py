@@ -79,6 +79,9 @@ TRAIN_STAGES = {  # stage -> its library function, presets, default sample files
                  args=[("--fresh", dict(type=int, help="problems of the preset's task added to --data's (default: the preset's)")),
                        ("--group-size", dict(type=int, help="answers sampled per prompt (G)")),
                        ("--beta", dict(type=float, help="weight of the KL penalty to the starting model"))]),
+    "tools": dict(run="minimind.tools:tool_sft", presets="minimind.tools:TOOL_PRESETS", data=None, eval=None,
+                  help="tool-call SFT: a chat model learns to call the calculator and the lookup (notebook 07a)",
+                  init="the SFT chat model folder (default: a quick SFT on the sample first)"),
 }
 
 # %% ../nbs/99_cli.ipynb #80063aaf
@@ -183,10 +186,11 @@ def load_for_chat(folder, device="auto",
         model = load_adapter(model, adapter, merge=True).eval()
     return model.to(get_device(device)), tok
 
-def chat_with_tools(model, tok, prompt:str, max_new_tokens:int=128) -> str:
+def chat_with_tools(model, tok, prompt:str, max_new_tokens:int=160,
+                    announce:bool=True) -> str: # False: a model with its tools built in (its folder's tools.json says so)
     "One question through the agent loop with the built-in tools: prints each call and its result, returns the answer."
     from minimind.tools import agent_loop, default_tools, generate_reply
-    msgs, ended = agent_loop(generate_reply(model, tok, max_new_tokens), [{"role": "user", "content": prompt}], default_tools())
+    msgs, ended = agent_loop(generate_reply(model, tok, max_new_tokens), [{"role": "user", "content": prompt}], default_tools(), announce=announce)
     for m in msgs[1:]:
         for c in m.get("tool_calls") or []: print(f"[call] {c['function']['name']}({c['function']['arguments']})")
         if m["role"] == "tool": print(f"[result] {m['content']}")
@@ -199,7 +203,8 @@ def run_chat(a:argparse.Namespace) -> int:
     if a.raw and a.tools: raise CLIError("--tools needs the chat template; it cannot be combined with --raw")
     model, tok = load_for_chat(a.model, a.device, a.adapter)
     kw = dict(raw=a.raw, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p)
-    reply = (lambda p: chat_with_tools(model, tok, p, a.max_new_tokens)) if a.tools else (lambda p: stream_reply(model, tok, p, **kw))
+    announce = _ref("minimind.tools:announces_tools")(a.model) if a.tools else True    # a tool model's tools.json: built in, or announced
+    reply = (lambda p: chat_with_tools(model, tok, p, a.max_new_tokens, announce)) if a.tools else (lambda p: stream_reply(model, tok, p, **kw))
     for p in a.prompt or []: print(f"> {p}"); reply(p)
     if a.prompt: return 0
     while True:

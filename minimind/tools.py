@@ -6,17 +6,22 @@ Docs: https://minimind-course.github.io/minimind/tools.html.md"""
 
 # %% ../nbs/07a_tools.ipynb #a2c4afda
 from __future__ import annotations
-import ast, json, math, operator, random, re, uuid
+import ast, copy, json, math, operator, random, re, uuid
+from pathlib import Path
+import numpy as np
 from .data import ATTRIBUTES, FACT_QUESTIONS, IDENTITY, fact_sentence, fact_value, iter_jsonl, make_world, sample_path
 from .reason import fresh_expressions, heldout_expressions
 from .score import generate_batch
-from .sft import encode_spans
-from .tokenizer import TOOLS_POSTAMBLE, TOOLS_PREAMBLE, apply_chat_template
+from .sft import SFTData, SFTDataset, chat_base, encode_spans
+from .train import Trainer, causal_lm_loss, record_outcome, resolve_preset, stage_config
+from .tokenizer import TOOLS_POSTAMBLE, TOOLS_PREAMBLE, apply_chat_template, load_tokenizer
 
 # %% auto #0
-__all__ = ['CALCULATOR', 'LOOKUP', 'to_json', 'CALL_RE', 'MAX_CHARS', 'MAX_DIGITS', 'tools_block', 'call_text', 'render_pieces',
-           'render_messages', 'parse_tool_calls', 'ToolError', 'calculate', 'make_lookup', 'default_tools', 'run_call',
-           'agent_loop', 'generate_reply', 'encode_tool_sft', 'tool_chat', 'tool_chats']
+__all__ = ['CALCULATOR', 'LOOKUP', 'to_json', 'CALL_RE', 'MAX_CHARS', 'MAX_DIGITS', 'TOOL_PRESETS', 'TOOLS_FILE', 'tools_block',
+           'call_text', 'render_pieces', 'render_messages', 'parse_tool_calls', 'ToolError', 'calculate', 'make_lookup',
+           'default_tools', 'run_call', 'agent_loop', 'generate_reply', 'encode_tool_sft', 'tool_chat',
+           'practice_entities', 'tool_chats', 'tool_sft_data', 'make_tool_trainer', 'tool_measures',
+           'tool_outcome_rows', 'save_tool_model', 'announces_tools', 'tool_sft']
 
 # %% ../nbs/07a_tools.ipynb #49ab4456
 CALCULATOR = {"type": "function", "function": {
@@ -164,10 +169,11 @@ def run_call(call:dict, # {'name', 'arguments'} as `parse_tool_calls` returns it
 def agent_loop(generate, # prompt text -> the model's reply text (one assistant turn)
                messages:list[dict], tools:dict, # the conversation so far; name -> (signature, function) ({}: no tools, the reply is the answer)
                max_steps:int=4,
-               renders:bool=False # True: `generate` renders the prompt itself, from (messages, signatures), as 09a's engine does
+               renders:bool=False, # True: `generate` renders the prompt itself, from (messages, signatures), as 09a's engine does
+               announce:bool=True # False: no # Tools block in the prompt, for a model trained with its tools built in (7a.9)
               ) -> tuple[list[dict], str]:
     "Run the model's tool calls until it answers without one: (the conversation with every turn and result, how it ended: 'answer' or 'step limit')."
-    messages, specs = list(messages), [spec for spec, _ in tools.values()]
+    messages, specs = list(messages), [spec for spec, _ in tools.values()] if announce else None   # the tools still check every call
     for _ in range(max_steps):
         reply = generate(list(messages), specs) if renders else generate(render_messages(messages, specs, add_generation_prompt=True))
         content, calls, errors = parse_tool_calls(reply) if tools else (reply.strip(), [], [])   # no tools: nothing to call
@@ -181,7 +187,7 @@ def agent_loop(generate, # prompt text -> the model's reply text (one assistant 
     return messages, "step limit"
 
 # %% ../nbs/07a_tools.ipynb #15e1b290
-def generate_reply(model, tok, max_new_tokens:int=96):
+def generate_reply(model, tok, max_new_tokens:int=160): # a call alone is about 70 tokens of this vocabulary
     "A `generate` function for `agent_loop` from one of our models: prompt text -> its greedy reply (up to its end of turn)."
     def generate(prompt:str) -> str:
         (new, _), = generate_batch(model, [tok.encode(prompt, add_special_tokens=False).ids], max_new_tokens)
@@ -207,23 +213,31 @@ def tool_chat(kind:str, item, lang:str, tools:dict) -> dict:
     else: q, args = FACT_QUESTIONS[lang][item[1]][0].format(e=item[0]["name"]), {"entity": item[0]["name"], "attribute": item[1]}
     call = {"name": kind, "arguments": args | ({"lang": lang} if kind == "lookup" and lang != "en" else {})}
     result = run_call(call, tools)                                          # the tool's own output, as the loop would get it
-    answer = f"{item} = {result}" + ("." if lang == "en" else "。") if kind == "calculator" else fact_sentence(item[0], item[1], lang)
+    answer = str(result) + ("." if lang == "en" else "。")                 # the result itself: copying it is the skill, not rephrasing it
     return {"kind": kind, "lang": lang, "answer": result, "messages": [
         {"role": "user", "content": q},
         {"role": "assistant", "content": "", "tool_calls": [{"id": "call_0", "type": "function", "function": {"name": kind, "arguments": to_json(call["arguments"])}}]},
         {"role": "tool", "tool_call_id": "call_0", "content": str(result)},
         {"role": "assistant", "content": answer}]}
 
+def practice_entities(worlds:int, world:list[dict]) -> list[dict]:
+    "The entities of `worlds` other invented worlds (seeds 1, 2, ...) whose names are not in `world`: names to copy, never to recall."
+    names = {e["name"].lower() for e in world}
+    return [e for s in range(1, worlds + 1) for e in make_world(s) if e["name"].lower() not in names]
+
 def tool_chats(n:int, # conversations, a third of each kind, languages alternating
                split:str="train", # "train" or "heldout": disjoint arithmetic, entities and identity questions
-               seed:int=0, world=None) -> list[dict]:
+               seed:int=0, world=None,
+               task:str="columns", # 07's task the calculator questions come from (`columns`: its two-digit sums)
+               practice:int=8) -> list[dict]: # train split: facts of this many other worlds too (`practice_entities`)
     "Deterministic tool conversations of the sample's world: arithmetic through the calculator, facts through the lookup, and questions that need no tool."
     world = world if world is not None else make_world(0)
-    tools, rng = default_tools(world), random.Random(f"tools-{split}-{seed}")
-    held_exprs = heldout_expressions("steps", 200)                         # 07's held-out problems of the `steps` task
+    extra = practice_entities(practice, world) if split == "train" else []
+    tools, rng = default_tools(world + extra), random.Random(f"tools-{split}-{seed}")
+    held_exprs = heldout_expressions(task, 200)                             # 07's held-out problems of the task
     sample_eval = [r["expression"] for r in iter_jsonl(sample_path("arith_eval"), kind="eval")]   # the sample's, held out by earlier stages
-    exprs = held_exprs if split == "heldout" else fresh_expressions(-(-n // 3), 1000 + seed, held_exprs + sample_eval, task="steps")   # one per calculator chat
-    ents = [e for e in world if (e["split"] == "pretrain_only") == (split == "heldout")]
+    exprs = held_exprs if split == "heldout" else fresh_expressions(-(-n // 3), 1000 + seed, held_exprs + sample_eval, task=task)   # one per calculator chat
+    ents = [e for e in world if (e["split"] == "pretrain_only") == (split == "heldout")] + extra
     pairs = {l: list(zip(IDENTITY[l]["q"], IDENTITY[l]["a"] * 2)) for l in IDENTITY}   # each question with an answer
     ident = {l: p[3:] if split == "heldout" else p[:3] for l, p in pairs.items()}           # held out: the last two phrasings
     out = []
@@ -232,3 +246,100 @@ def tool_chats(n:int, # conversations, a third of each kind, languages alternati
         item = exprs[(i // 3) % len(exprs)] if kind == "calculator" else (rng.choice(ents), rng.choice(list(ATTRIBUTES))) if kind == "lookup" else rng.choice(ident[lang])
         out.append(tool_chat(kind, item, lang, tools))
     return out
+
+# %% ../nbs/07a_tools.ipynb #798c2fd3
+TOOL_PRESETS = {  # tool-call SFT from a chat model: conversations of `tool_chats`; `announce`: the # Tools block in every prompt
+    "tiny":   dict(n_train=600, n_heldout=30, announce=False, seq_len=160, max_steps=60, batch_size=16, lr=2e-3, warmup_steps=5,
+                   eval_every=20, ckpt_every=60, sft_preset="tiny"),
+    "course": dict(n_train=1500, n_heldout=120, announce=False, seq_len=160, max_steps=150, batch_size=24, lr=1e-3, warmup_steps=10,
+                   eval_every=25, ckpt_every=150, sft_preset="course"),
+    "full":   dict(n_train=30000, n_heldout=300, announce=True, seq_len=1024, epochs=2, batch_size=32, lr=5e-5, warmup_steps=100,
+                   eval_every=500, ckpt_every=1000, sft_preset="full"),    # a GPU and a model whose context holds the whole block
+}
+TOOLS_FILE = "tools.json"  # beside a tool model's weights: its tools, and whether its prompts announce them
+
+def tool_sft_data(chats:list[dict], # conversations with a "messages" list (`tool_chats`, or OpenAI-shaped data)
+                  tok, tools:list[dict]|None, # signatures for the # Tools block; None: tools built in
+                  max_len:int) -> SFTData:
+    "The conversations tokenized by `encode_tool_sft` (the assistant's turns trained), back to back as notebook 04's `SFTData`."
+    enc = [encode_tool_sft(tok, c["messages"], tools, max_len) for c in chats]
+    if any(cut for *_, cut in enc): raise ValueError(f"a tool conversation is longer than {max_len} tokens: give the preset a longer seq_len")
+    lens = [len(ids) for ids, *_ in enc]
+    return SFTData(np.concatenate([np.asarray(ids, dtype=np.uint16) for ids, *_ in enc]), np.concatenate([np.asarray(f, dtype=bool) for _, f, _ in enc]),
+                   np.concatenate([[0], np.cumsum(lens)]).astype(np.int64), {"read": len(enc), "truncated": 0, "dropped": 0, "bad": 0})
+
+# %% ../nbs/07a_tools.ipynb #b568c1f2
+def make_tool_trainer(data_path=None, # OpenAI-shaped tool conversations JSONL ({"messages": [...]}) added to the generated ones (None: those only)
+                      preset:str="tiny", # a TOOL_PRESETS name
+                      eval_path=None, # unused: the held-out conversations are `tool_chats`' held-out split
+                      init_from=None, # the chat model folder (see `chat_base`)
+                      run_dir=None, tok=None, cache_dir=None, skip_bad:bool=False,
+                      model=None, # start from (a copy of) this model instead of init_from
+                      **overrides) -> Trainer:
+    "The data, chat model and Trainer of a tool-call SFT run; `trainer.heldout`: the held-out conversations, `trainer.announce`: the block or not."
+    p = resolve_preset(preset, TOOL_PRESETS, **overrides)
+    tok = tok or load_tokenizer()
+    specs = [spec for spec, _ in default_tools().values()] if p["announce"] else None
+    chats = tool_chats(p["n_train"], "train") + ([{"messages": r["messages"]} for r in iter_jsonl(data_path, skip_bad=skip_bad)] if data_path else [])
+    heldout = tool_chats(p["n_heldout"], "heldout")
+    train = SFTDataset(tool_sft_data(chats, tok, specs, p["seq_len"] + 1), p["seq_len"])
+    held = SFTDataset(tool_sft_data(heldout, tok, specs, p["seq_len"] + 1), p["seq_len"])
+    cfg = stage_config(p, len(train), run_dir)
+    device = cfg.device if cfg.device != "auto" else "cpu"
+    model = copy.deepcopy(model) if model is not None else chat_base(init_from, p["sft_preset"], run_dir, cache_dir, device)
+    trainer = Trainer(model, train, causal_lm_loss, eval_data=held, cfg=cfg)
+    trainer.tok, trainer.heldout, trainer.announce = tok, heldout, p["announce"]
+    return trainer
+
+# %% ../nbs/07a_tools.ipynb #0f849bca
+def _states(reply:str, answer) -> bool:
+    "Does the reply state the answer: a number as a whole number (90 is not in 1904), a word anywhere?"
+    a = re.escape(str(answer))
+    return re.search(rf"(?<![\d.]){a}(?![\d])", reply) is not None if str(answer).lstrip("-").replace(".", "").isdigit() else str(answer) in reply
+
+def tool_measures(model, tok, chats:list[dict], # held-out conversations (`tool_chats(..., "heldout")`)
+                  announce:bool=False, max_new_tokens:int=160, max_steps:int=3, world=None) -> dict:
+    "Each question through `agent_loop` with the built-in tools: 'exact' (arithmetic right), 'lookup' (facts right), 'valid', 'restraint'; 'rows': the transcripts."
+    tools, gen, rows = default_tools(world), generate_reply(model.eval(), tok, max_new_tokens), []
+    for c in chats:
+        msgs, ended = agent_loop(gen, c["messages"][:1], tools, max_steps, announce=announce)
+        called = [t["function"]["name"] for t in msgs[1].get("tool_calls") or []]
+        rows.append({"kind": c["kind"], "lang": c["lang"], "answer": c["answer"], "transcript": msgs, "wrote_call": "tool_calls" in msgs[1],
+                     "valid": bool(called) and called[0] == c["kind"], "right": ended == "answer" and _states(msgs[-1]["content"], c["answer"])})
+    mean = lambda ks, f: float(np.mean([f(r) for r in rows if r["kind"] in ks])) if any(r["kind"] in ks for r in rows) else float("nan")
+    return {"exact": mean({"calculator"}, lambda r: r["right"]), "lookup": mean({"lookup"}, lambda r: r["right"]),
+            "valid": mean({"calculator", "lookup"}, lambda r: r["valid"]), "restraint": mean({"none"}, lambda r: not r["wrote_call"]), "rows": rows}
+
+# %% ../nbs/07a_tools.ipynb #b0a385e5
+def tool_outcome_rows(before:dict, after:dict, # `tool_measures` of the chat model and of the tool model
+                      trainer:Trainer|None=None) -> list[dict]: # adds its held-out loss, first evaluation -> last
+    "The stage's outcome rows (`record_outcome`): the four keyed measures, and the held-out loss of the tool conversations."
+    row = lambda key, metric, k: {"key": key, "metric": metric, "before": before[k], "after": after[k], "unit": "%"}
+    ev = trainer.eval_history if trainer is not None else []
+    loss = [{"metric": "held-out tool conversations: loss on the assistant's turns", "before": ev[0]["eval_loss"], "after": ev[-1]["eval_loss"],
+             "unit": "nats"}] if len(ev) > 1 else []
+    return [row("tools.exact", "held-out sums (07's): answered in the head -> through the calculator", "exact"),
+            row("tools.valid", "held-out questions that need a tool: the call parses and names the right tool", "valid"),
+            row("tools.lookup", "held-out facts (pretrain-only entities): from memory -> through the lookup", "lookup"),
+            row("tools.restraint", "held-out questions that need no tool, answered without a call", "restraint")] + loss
+
+def save_tool_model(trainer:Trainer, folder=None) -> Path:
+    "The model and tokenizer (`Trainer.save_model`), and tools.json: the built-in tools' names and whether prompts announce them."
+    folder = Path(folder or trainer.run_dir/"model"); trainer.save_model(folder, trainer.tok)
+    (folder/TOOLS_FILE).write_text(json.dumps({"tools": list(default_tools()), "announce": trainer.announce}, indent=1) + "\n")
+    return folder
+
+def announces_tools(model_dir) -> bool:
+    "Whether a model folder's prompts carry the # Tools block: False for a model saved by `save_tool_model` with its tools built in."
+    f = Path(model_dir)/TOOLS_FILE
+    return json.loads(f.read_text()).get("announce", True) if f.exists() else True
+
+def tool_sft(data_path=None, preset:str="tiny", resume:bool=False, **kwargs) -> Trainer:
+    "A whole tool-call SFT run (`minimind train tools`): measure the chat model, fit, measure again into run_dir/outcome.json, save run_dir/model."
+    trainer = make_tool_trainer(data_path, preset, **kwargs)
+    measure = lambda: tool_measures(trainer.model, trainer.tok, trainer.heldout, trainer.announce)
+    before = measure() if trainer.run_dir and trainer.is_main else None
+    trainer.fit(resume=resume)
+    if trainer.run_dir and trainer.is_main:
+        record_outcome(trainer.run_dir, "tools", tool_outcome_rows(before, measure(), trainer)); save_tool_model(trainer)
+    return trainer

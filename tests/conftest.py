@@ -29,7 +29,7 @@ NB_TEST_PARAMS = {
     "07_reason": {"preset": "tiny", "grpo_preset": "tiny", "init_from": "{sft}", "n_eval": 50, "aside_steps": 10,
                   "check_steps": 40},  # the loop check from the tiny model: 12 steps raise the even share ~0.12 (measured), too close to its 0.15
     "08_distill": {"preset": "tiny", "init_from": "{sft}", "sweep_steps": 3},
-    "07a_tools": {"init_from": None},             # None: no chat model (the protocol and the loop are checked with a scripted one)
+    "07a_tools": {"init_from": "{sft}", "preset": "tiny"},   # the loop checked with a scripted model, then a tiny tool-call SFT
 }
 
 # What each training stage must show on its test run: metric -> (lowest `after`, lowest `after - before`), read from
@@ -47,13 +47,16 @@ OUTCOME_FLOORS = {
     "07_reason": {"held-out arithmetic: format compliance, SFT model -> reasoning SFT": (0.6, 0.5),   # tiny, measured: 0% -> 96%
                   "GRPO loop check (7.10): share of even answers, first 2 -> last 3 steps": (0.6, 0.15)},  # tiny: 55% -> 81%
                   # (held-out exact match is not floored here: the tiny model's 60 steps teach the template, not the sums; the main job checks the course targets)
+    "07a_tools": {"held-out tool conversations: loss on the assistant's turns": (2.5, 3.0)},   # tiny, measured: 8.81 -> 1.83
+                  # (the tiny chat model learns the format, not yet the calls: the main job checks tools.exact, valid and restraint)
     "08_distill": {"held-out loss, student trained with the teacher (KD)": (2.6, 0.2),    # tiny, measured: 2.41 (token-weighted)
                    "held-out distillation loss (T²·KL to the teacher) at equal steps: CE student -> KD student": (0.2, 0.1)},
 }
 # The stable `key`s each stage's outcome rows carry (the main job's table and the README read them by key).
 OUTCOME_KEYS = {"03_pretrain": {"pretrain.loss", "pretrain.facts"}, "04_sft": {"sft.loss", "sft.answers", "sft.facts", "sft.identity"},
                 "05_lora": {"lora.heldout", "lora.forget", "lora.fullft_forget"}, "06_dpo": {"dpo.pref", "dpo.facts", "dpo.helpful"},
-                "07_reason": {"reason.exact", "grpo.exact", "grpo.distinct"}, "08_distill": {"distill.top1", "distill.loss"}}
+                "07_reason": {"reason.exact", "grpo.exact", "grpo.distinct"}, "07a_tools": {"tools.exact", "tools.valid", "tools.lookup", "tools.restraint"},
+                "08_distill": {"distill.top1", "distill.loss"}}
 LOWER_IS_BETTER = ("loss",)  # metrics whose name contains one of these improve by going down
 
 # Every notebook run (in-process under nbdev's test_nb, or in a papermill kernel, which inherits this

@@ -6,9 +6,9 @@ import json
 import pytest
 
 from minimind.data import ATTRIBUTES, fact_value, make_world
-from minimind.tokenizer import apply_chat_template
+from minimind.tokenizer import apply_chat_template, load_tokenizer
 from minimind.tools import (CALCULATOR, LOOKUP, ToolError, agent_loop, calculate, default_tools, make_lookup, parse_tool_calls,
-                            render_messages, run_call, tool_chats, tools_block)
+                            practice_entities, render_messages, run_call, tool_chats, tools_block)
 
 WORLD = make_world(0)
 
@@ -113,16 +113,18 @@ def test_tool_chats_are_deterministic_checked_and_split():
     q = lambda rs: {(r["kind"], r["messages"][0]["content"]) for r in rs}
     assert not q(train) & q(held)
     exprs = lambda rs: {json.loads(r["messages"][1]["tool_calls"][0]["function"]["arguments"])["expression"] for r in rs if r["kind"] == "calculator"}
-    assert exprs(held) <= set(heldout_expressions("steps", 200)) and not exprs(train) & set(heldout_expressions("steps", 200))
+    assert exprs(held) <= set(heldout_expressions("columns", 200)) and not exprs(train) & set(heldout_expressions("columns", 200))
     ents = lambda rs: {json.loads(r["messages"][1]["tool_calls"][0]["function"]["arguments"])["entity"] for r in rs if r["kind"] == "lookup"}
     split = {e["name"]: e["split"] for e in WORLD}
-    assert {split[e] for e in ents(held)} == {"pretrain_only"} and {split[e] for e in ents(train)} == {"in_sft"}
-    tools = default_tools(WORLD)
+    practice = practice_entities(8, WORLD)
+    assert {split[e] for e in ents(held)} == {"pretrain_only"}                        # held out: names no tool conversation trains on
+    assert {split.get(e, "practice") for e in ents(train)} == {"in_sft", "practice"} and not {e["name"].lower() for e in practice} & set(map(str.lower, split))
+    tools = default_tools(WORLD + practice)
     for r in train + held:
         if r["kind"] == "none": assert len(r["messages"]) == 2; continue
         f = r["messages"][1]["tool_calls"][0]["function"]
         assert r["messages"][2]["content"] == run_call({"name": f["name"], "arguments": json.loads(f["arguments"])}, tools) == str(r["answer"])
-        assert str(r["answer"]) in r["messages"][3]["content"]
+        assert r["messages"][3]["content"] in (f"{r['answer']}.", f"{r['answer']}。")      # the answer is the tool's result
 
 
 def test_transformers_renders_tools_as_we_do():
@@ -140,3 +142,22 @@ def test_transformers_renders_tools_as_we_do():
     for flag in ("open_thinking", "enable_thinking"):      # minimind-3's name for the thinking switch, and Qwen3's
         assert hf.apply_chat_template(ask, tokenize=False, add_generation_prompt=True, **{flag: True}) == want == render_messages(ask, None, True, True)
     assert not hf.apply_chat_template(ask, tokenize=False, add_generation_prompt=True, enable_thinking=False).endswith("<think>\n")
+
+
+def test_tool_sft_trains_the_calls_and_saves_a_tool_model(tmp_path, shared_models):
+    "`minimind train tools`: a short run from the tiny chat model lowers the held-out loss of the calls, records the four keyed rows, and writes tools.json, which `minimind chat --tools` reads."
+    from minimind.cli import main
+    from minimind.tools import TOOL_PRESETS, announces_tools, encode_tool_sft, tool_sft_data
+    assert main(["train", "tools", "--preset", "tiny", "--steps", "20", "--init-from", str(shared_models["sft"]), "--out", str(tmp_path), "--no-progress"]) == 0
+    rows = json.loads((tmp_path / "outcome.json").read_text())["rows"]
+    assert [r.get("key") for r in rows[:4]] == ["tools.exact", "tools.valid", "tools.lookup", "tools.restraint"]
+    assert rows[4]["after"] < rows[4]["before"] - 1.0                                     # the held-out loss on the assistant's turns falls
+    assert announces_tools(tmp_path / "model") is False and announces_tools(tmp_path) is True   # no tools.json: a plain model announces them
+    tok = load_tokenizer()
+    chats = tool_chats(9)
+    data = tool_sft_data(chats, tok, None, TOOL_PRESETS["tiny"]["seq_len"] + 1)
+    assert len(data) == 9
+    for i, c in enumerate(chats):                                                         # conversation i, with encode_tool_sft's loss mask
+        ids, flags, _ = encode_tool_sft(tok, c["messages"])
+        assert data.example(i)[0].tolist() == ids and data.example(i)[1].tolist() == flags and not flags[0]
+    with pytest.raises(ValueError, match="longer than"): tool_sft_data(tool_chats(3), tok, [CALCULATOR, LOOKUP], 160)   # the # Tools block does not fit
