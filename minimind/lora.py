@@ -33,14 +33,12 @@ class LoRALinear(nn.Linear):
                  alpha:float=16.0, # the update is scaled by alpha / r
                  dropout:float=0.0, # dropout on the adapter's input (training only)
                  tied:bool=False): # the weight is shared with another module (a tied lm_head): merging must not change it there
-        nn.Module.__init__(self)
-        self.tied = tied
+        nn.Module.__init__(self); self.tied = tied
         if r < 1: raise ValueError(f"LoRA rank must be >= 1, got {r}")
         self.in_features, self.out_features = base.in_features, base.out_features
         self.r, self.alpha, self.scale = r, alpha, alpha / r
         self.weight, self.bias = base.weight, base.bias                     # the same tensors: state-dict names stay the base's
-        self.weight.requires_grad_(False)
-        if self.bias is not None: self.bias.requires_grad_(False)
+        self.requires_grad_(False)                                            # the base weight (and bias): frozen; A and B, made next, train
         kw = dict(device=base.weight.device, dtype=base.weight.dtype)
         self.lora_A = nn.Parameter(torch.empty(r, self.in_features, **kw))     # (r, in)
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, **kw))    # (out, r): zero, so training starts at the base
@@ -69,6 +67,14 @@ class LoRALinear(nn.Linear):
             self.weight = nn.Parameter(self.weight + self.delta(), requires_grad=False)
         else: self.weight += self.delta()
         self.merged = True
+
+    @torch.no_grad()
+    def plain(self) -> nn.Linear:
+        "A plain Linear holding the merged weight (a new tensor: the base and a tied embedding keep theirs)."
+        out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=self.weight.device, dtype=self.weight.dtype)
+        out.weight.copy_(self.weight if self.merged else self.weight + self.delta())
+        if self.bias is not None: out.bias.copy_(self.bias)
+        return out
 
     @torch.no_grad()
     def unmerge(self):
@@ -153,6 +159,13 @@ class TokenRows(nn.Module):
     def unmerge(self):
         if self.merged: self.weight, self.merged = self.__dict__.pop("_shared_weight"), False
 
+    @torch.no_grad()
+    def plain(self) -> nn.Embedding:
+        "A plain Embedding holding E + S (a new tensor: the base, and a head tied to it, keep E)."
+        out = nn.Embedding(self.num_embeddings, self.embedding_dim, device=self.weight.device, dtype=self.weight.dtype)
+        out.weight.copy_(self.weight if self.merged else self.weight + self.delta())
+        return out
+
     def extra_repr(self): return f"{self.num_embeddings}, {self.embedding_dim}, rows={len(self.ids)}, merged={self.merged}"
 
 # %% ../nbs/05_lora.ipynb #e18507b1
@@ -211,20 +224,13 @@ def load_adapter(model:MiniMindForCausalLM, folder, # a folder written by save_a
 def merged_model(model:MiniMindForCausalLM) -> MiniMindForCausalLM:
     "A plain copy of the model with every adapter merged in and unwrapped: `save_pretrained` writes it as a base model."
     m = copy.deepcopy(model)
-    for n, rows in token_rows(m).items():                                    # the embedding first: a tied head's merge reads its rows
-        rows.unmerge()
-        emb = nn.Embedding(rows.num_embeddings, rows.embedding_dim, device=rows.weight.device, dtype=rows.weight.dtype)
-        emb.weight = nn.Parameter(rows.weight + rows.delta().detach())
+    adapters = {**token_rows(m), **lora_layers(m)}
+    plain = {n: a.plain() for n, a in adapters.items()}               # all merged first: a tied head's update reads the embedding's rows
+    for n, module in plain.items():
         parent, _, child = n.rpartition(".")
-        setattr(m.get_submodule(parent) if parent else m, child, emb)
-        m.config.tie_word_embeddings = False                                   # E + S here; the head has its own weight
-    for n, layer in lora_layers(m).items():
-        layer.merge()
-        if layer.tied: m.config.tie_word_embeddings = False                   # the head now differs from the embedding
-        plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device=layer.weight.device, dtype=layer.weight.dtype)
-        plain.weight, plain.bias = layer.weight, layer.bias
-        parent, _, child = n.rpartition(".")
-        setattr(m.get_submodule(parent) if parent else m, child, plain)
+        setattr(m.get_submodule(parent) if parent else m, child, module)
+    if any(isinstance(a, TokenRows) or a.tied for a in adapters.values()):
+        m.config.tie_word_embeddings = False                          # the embedding or the head changed alone: each keeps its own weight
     for p in m.parameters(): p.requires_grad_(True)
     if hasattr(m, "lora_config"): del m.lora_config
     return m
