@@ -21,7 +21,7 @@ import torch
 from .model import MiniMindConfig, MiniMindForCausalLM
 from .score import pad_batch
 from .tokenizer import EOS_ID, PAD_ID, StreamDecoder, encode_chat, load_tokenizer, save_tokenizer
-from .tools import parse_tool_calls, render_messages, to_json
+from .tools import announces_tools, parse_tool_calls, render_messages, to_json
 
 # %% ../nbs/09_serve.ipynb #7fb095da
 STAND_IN_CHATS = {"What is 2+2?": "<think>\nTwo plus two makes four.\n</think>\n<answer>\n4\n</answer>",
@@ -199,11 +199,11 @@ def tool_prefill(req:ChatRequest) -> str:
     if isinstance(c, dict): return f'<tool_call>\n{{"name": "{c["function"]["name"]}", "arguments": '
     return '<tool_call>\n{"name": "' if c == "required" else ""
 
-def tool_prompt(req:ChatRequest) -> str|None:
+def tool_prompt(req:ChatRequest, announce:bool=True) -> str|None: # False: a model with its tools built in (07a's tools.json): no # Tools block
     "The prompt text when tools are in play (07a's `render_messages`, then the prefill), or None for plain chat (`encode_chat`, as before)."
     tools = req.tools if req.tool_choice != "none" else []
     if not tools and not any(m["role"] == "tool" or m.get("tool_calls") for m in req.messages): return None
-    return render_messages(req.messages, tools or None, add_generation_prompt=True) + tool_prefill(req)
+    return render_messages(req.messages, (tools or None) if announce else None, add_generation_prompt=True) + tool_prefill(req)
 
 # %% ../nbs/09_serve.ipynb #s_stop
 class StopChecker:
@@ -357,8 +357,9 @@ class Engine:
     def __init__(self, model, tok, name:str="minimind", # the model id clients send
                  max_context:int|None=None, # prompt + completion tokens (default: the config's max_position_embeddings)
                  default_max_tokens:int=1024, # completion tokens when a request sets none
-                 max_queue:int=64): # waiting requests beyond this get HTTP 429
-        self.model, self.tok, self.name, self.created = model, tok, name, int(time.time())
+                 max_queue:int=64, # waiting requests beyond this get HTTP 429
+                 announce_tools:bool=True): # False: the model's tools are built in (07a), its prompts carry no # Tools block
+        self.model, self.tok, self.name, self.created, self.announce_tools = model, tok, name, int(time.time()), announce_tools
         self.max_context = max_context or model.config.max_position_embeddings
         self.default_max_tokens, self.max_queue = default_max_tokens, max_queue
         self.jobs, self.finished, self.current = queue.Queue(), [], None  # finished: (tokens, finish) per job; current: the running Job
@@ -366,7 +367,7 @@ class Engine:
 
     def job_for(self, req:ChatRequest, loop=None) -> Job:
         "Tokenize the conversation and clamp max_tokens to the context left; APIError if the prompt does not fit."
-        text = tool_prompt(req)
+        text = tool_prompt(req, self.announce_tools)
         ids = encode_chat(self.tok, req.messages, add_generation_prompt=True) if text is None else self.tok.encode(text, add_special_tokens=False).ids
         left = self.max_context - len(ids)
         if left < 1: raise APIError(400, f"the prompt is {len(ids)} tokens; this model's context is {self.max_context}", "messages", "context_length_exceeded")
@@ -563,8 +564,9 @@ def serve(model_dir, adapter=None, host:str="127.0.0.1", port:int=8000, api_key:
     "`minimind serve`: load the model and run the OpenAI-compatible server until interrupted."
     import uvicorn
     model, tok = load_model(model_dir, device, adapter)
-    engine = Engine(model, tok, name, max_context)
-    print(f"minimind serve: {model_dir} as '{name}' on http://{host}:{port}/v1 (context {engine.max_context} tokens)", flush=True)
+    engine = Engine(model, tok, name, max_context, announce_tools=announces_tools(model_dir))
+    print(f"minimind serve: {model_dir} as '{name}' on http://{host}:{port}/v1 (context {engine.max_context} tokens"
+          + ("" if engine.announce_tools else "; tools built in: requests' tool signatures stay out of the prompt") + ")", flush=True)
     uvicorn.run(make_app(engine, api_key), host=host, port=port, log_level="info")
 
 # %% ../nbs/09_serve.ipynb #s_loadtest

@@ -230,3 +230,14 @@ def test_real_model_forced_tool_choice(real, choice):
                            "temperature": 1.0, "seed": seed, "max_tokens": 48, "stream": True})
         assert chunks[-1]["choices"][0]["finish_reason"] == c.finish_reason
         assert "".join(ch["choices"][0]["delta"].get("content", "") for ch in chunks).strip() == (c.message.content or "")
+
+
+def test_a_model_with_built_in_tools_gets_no_tools_block():
+    "A tool model saved by 07a (tools.json: announce false) is served without the # Tools block; its calls still come back as tool_calls."
+    tok = load_tokenizer()
+    model = ScriptedModel(tok, script)
+    with serve_in_thread(make_app(Engine(model, tok, announce_tools=False))) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        c = create(client, "What is 12 * 7?").choices[0]
+    assert c.finish_reason == "tool_calls" and json.loads(c.message.tool_calls[0].function.arguments) == ARGS
+    assert "# Tools" not in model.prompts[-1] and model.prompts[-1].startswith("<|im_start|>user")
