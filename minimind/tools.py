@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from .data import ATTRIBUTES, FACT_QUESTIONS, IDENTITY, fact_sentence, fact_value, iter_jsonl, make_world, sample_path
 from .reason import fresh_expressions, heldout_expressions
-from .score import generate_batch
+from .score import first_choice, generate_batch
 from .sft import SFTData, SFTDataset, chat_base, encode_spans
 from .train import Trainer, causal_lm_loss, record_outcome, resolve_preset, stage_config
 from .tokenizer import TOOLS_POSTAMBLE, TOOLS_PREAMBLE, apply_chat_template, load_tokenizer
@@ -292,11 +292,6 @@ def make_tool_trainer(data_path=None, # OpenAI-shaped tool conversations JSONL (
     return trainer
 
 # %% ../nbs/07a_tools.ipynb #0f849bca
-def _states(reply:str, answer) -> bool:
-    "Does the reply state the answer: a number as a whole number (90 is not in 1904), a word anywhere?"
-    a = re.escape(str(answer))
-    return re.search(rf"(?<![\d.]){a}(?![\d])", reply) is not None if str(answer).lstrip("-").replace(".", "").isdigit() else str(answer) in reply
-
 def tool_measures(model, tok, chats:list[dict], # held-out conversations (`tool_chats(..., "heldout")`)
                   announce:bool=False, max_new_tokens:int=160, max_steps:int=3, world=None) -> dict:
     "Each question through `agent_loop` with the built-in tools: 'exact' (arithmetic right), 'lookup' (facts right), 'valid', 'restraint'; 'rows': the transcripts."
@@ -305,7 +300,7 @@ def tool_measures(model, tok, chats:list[dict], # held-out conversations (`tool_
         msgs, ended = agent_loop(gen, c["messages"][:1], tools, max_steps, announce=announce)
         called = [t["function"]["name"] for t in msgs[1].get("tool_calls") or []]
         rows.append({"kind": c["kind"], "lang": c["lang"], "answer": c["answer"], "transcript": msgs, "wrote_call": "tool_calls" in msgs[1],
-                     "valid": bool(called) and called[0] == c["kind"], "right": ended == "answer" and _states(msgs[-1]["content"], c["answer"])})
+                     "valid": bool(called) and called[0] == c["kind"], "right": ended == "answer" and first_choice(msgs[-1]["content"], [str(c["answer"])]) is not None})
     mean = lambda ks, f: float(np.mean([f(r) for r in rows if r["kind"] in ks])) if any(r["kind"] in ks for r in rows) else float("nan")
     return {"exact": mean({"calculator"}, lambda r: r["right"]), "lookup": mean({"lookup"}, lambda r: r["right"]),
             "valid": mean({"calculator", "lookup"}, lambda r: r["valid"]), "restraint": mean({"none"}, lambda r: not r["wrote_call"]), "rows": rows}
