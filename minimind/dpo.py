@@ -206,9 +206,7 @@ def both_ways_sft(model, pairs:DPOData, # the training pairs
                   seq_len:int=128, batch_size:int=16, device:str="cpu", seed:int=0) -> MiniMindForCausalLM:
     "SFT on both replies of every pair (mixed with `mix`): a reference whose own replies include both styles. Trains `model` in place."
     data = pairs_as_sft(pairs)
-    if mix is not None:
-        data = SFTData(np.concatenate([data.tokens, mix.tokens]), np.concatenate([data.trained, mix.trained]),
-                       np.concatenate([data.offsets, data.offsets[-1] + mix.offsets[1:]]), dict(conversations=len(data) + len(mix)))
+    if mix is not None: data = data + mix
     cfg = TrainConfig(max_steps=steps, batch_size=batch_size, lr=lr, warmup_steps=max(1, steps // 10), eval_every=0, device=device, seed=seed,
                       progress=False, live_plot=False)
     return Trainer(model, SFTDataset(data, seq_len), causal_lm_loss, cfg=cfg).fit().model.eval()

@@ -24,9 +24,8 @@ __all__ = ['TAG_IDS', 'REASON_RE', 'QUESTION', 'THINKING', 'TASKS', 'HELDOUT_SEE
            'parse_reasoning', 'final_number', 'score_reply', 'solve_steps', 'sentence_teacher', 'worked_chat', 'ask',
            'question_expr', 'arith_probes', 'column_steps', 'column_teacher', 'fresh_expressions',
            'heldout_expressions', 'reason_measures', 'eval_expressions', 'stage_heldout', 'weighted_lm_loss',
-           'concat_sft', 'load_chats', 'make_reason_trainer', 'checkpoint_measures', 'group_advantages', 'kl_k3',
-           'grpo_loss', 'reasoning_reward', 'GRPORollouts', 'reason_base', 'load_problems', 'make_grpo_trainer',
-           'reason', 'grpo']
+           'load_chats', 'make_reason_trainer', 'checkpoint_measures', 'group_advantages', 'kl_k3', 'grpo_loss',
+           'reasoning_reward', 'GRPORollouts', 'reason_base', 'load_problems', 'make_grpo_trainer', 'reason', 'grpo']
 
 # %% ../nbs/07_reason.ipynb #c0978311
 TAG_IDS = tuple(SPECIAL_TOKENS.index(t) for t in THINK_TOKENS)  # <think>, </think>, <answer>, </answer>: single tokens, ids 3-6
@@ -188,13 +187,6 @@ def weighted_lm_loss(model, batch:dict, # {'input_ids', 'labels'} (B, T), labels
                                                    "n_tag_ce": tag.sum()}   # tag_ce is a mean over the tag tokens only
 
 # %% ../nbs/07_reason.ipynb #c156890e
-def concat_sft(*parts:SFTData) -> SFTData:
-    "One SFTData with the conversations of all `parts`, in order."
-    lens = np.concatenate([p.lengths() for p in parts])
-    stats = {k: sum(p.stats.get(k, 0) for p in parts) for k in parts[0].stats}
-    return SFTData(np.concatenate([p.tokens for p in parts]), np.concatenate([p.trained for p in parts]),
-                   np.concatenate([[0], np.cumsum(lens)]).astype(np.int64), stats)
-
 def load_chats(records:list[dict], tok, max_len:int) -> SFTData:
     "Tokenize conversations held in memory, through the same reader and checks as a file (`load_sft`, kind 'reason')."
     with tempfile.TemporaryDirectory() as d:
@@ -218,7 +210,7 @@ def make_reason_trainer(data_path=None, # reasoning conversations JSONL to train
     extra = [worked_chat(e, ("en", "zh")[i % 2], teacher) for i, e in enumerate(fresh_expressions(n, p.get("seed", 42), held, p["task"]))]
     parts = ([load_sft(data_path, tok, L, kind="reason", skip_bad=skip_bad)] if data_path else []) + ([load_chats(extra, tok, L)] if extra else [])
     if not parts: raise ValueError("reasoning SFT has nothing to train on: give a data file or fresh > 0")
-    train = SFTDataset(concat_sft(*parts), p["seq_len"], pack=pack)
+    train = SFTDataset(sum(parts[1:], parts[0]), p["seq_len"], pack=pack)       # the file's conversations, then the generated ones
     heldout = SFTDataset(load_chats([worked_chat(e, l, teacher) for l in ("en", "zh") for e in held], tok, L), p["seq_len"], pack=pack) if held else None
     cfg = stage_config(p, len(train), run_dir)
     model = copy.deepcopy(model) if model is not None else chat_base(init_from, p.get("sft_preset", "tiny"), run_dir, cache_dir, cfg.device if cfg.device != "auto" else "cpu")

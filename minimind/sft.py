@@ -84,6 +84,24 @@ class SFTData:
     def lengths(self) -> np.ndarray: return np.diff(self.offsets)
     def example(self, i:int): a, z = self.offsets[i], self.offsets[i + 1]; return self.tokens[a:z], self.trained[a:z]
 
+    @classmethod
+    def from_examples(cls, examples, # (ids, trained) per conversation
+                      stats:dict|None=None) -> "SFTData":
+        "Conversations back to back: the one constructor every stage's data goes through."
+        lens = [len(ids) for ids, _ in examples]
+        if not lens: raise ValueError("no conversations")
+        return cls(np.concatenate([np.asarray(ids, np.uint16) for ids, _ in examples]), np.concatenate([np.asarray(f, bool) for _, f in examples]),
+                   np.concatenate([[0], np.cumsum(lens)]).astype(np.int64), dict(stats or {"conversations": len(lens)}))
+
+    def select(self, idx) -> "SFTData":
+        "The conversations `idx`, in that order."
+        return SFTData.from_examples([self.example(int(i)) for i in idx], {"conversations": len(idx)})
+
+    def __add__(self, other:"SFTData") -> "SFTData":
+        "Both sets of conversations, `self`'s first (counts added)."
+        stats = {k: self.stats.get(k, 0) + other.stats.get(k, 0) for k in self.stats.keys() | other.stats.keys()}
+        return SFTData.from_examples([self.example(i) for i in range(len(self))] + [other.example(i) for i in range(len(other))], stats)
+
 def load_sft(path, # a conversations JSONL (MiniMind's sft_*.jsonl format)
              tok=None, # tokenizer (default: the shipped one)
              max_len:int=512, # tokens kept per conversation (a row holds seq_len + 1)
@@ -93,15 +111,14 @@ def load_sft(path, # a conversations JSONL (MiniMind's sft_*.jsonl format)
     "Read, validate and tokenize conversations; those longer than `max_len` tokens are cut and counted."
     tok = tok or load_tokenizer()
     reader = iter_jsonl(path, kind=kind, skip_bad=skip_bad)
-    toks, flags, lens, n, n_cut, n_drop = [], [], [], 0, 0, 0
+    examples, n, n_cut, n_drop = [], 0, 0, 0
     for rec in reader:
         ids, tr, cut = encode_sft(tok, rec["conversations"], max_len)
         n += 1; n_cut += cut
         if not any(tr[1:]): n_drop += 1; continue                # cut before any reply token: nothing to learn
-        toks.append(np.asarray(ids, np.uint16)); flags.append(np.asarray(tr, bool)); lens.append(len(ids))
-    if not lens: raise DataError(path, 1, f"no conversation left to train on ({n} read, {n_drop} cut before any reply)")
-    stats = dict(conversations=n, truncated=n_cut, dropped=n_drop, bad=reader.bad_lines)
-    return SFTData(np.concatenate(toks), np.concatenate(flags), np.concatenate([[0], np.cumsum(lens)]).astype(np.int64), stats)
+        examples.append((ids, tr))
+    if not examples: raise DataError(path, 1, f"no conversation left to train on ({n} read, {n_drop} cut before any reply)")
+    return SFTData.from_examples(examples, dict(conversations=n, truncated=n_cut, dropped=n_drop, bad=reader.bad_lines))
 
 # %% ../nbs/04_sft.ipynb #02660959
 def pack_rows(lengths, # item lengths (tokens)

@@ -264,9 +264,7 @@ def tool_sft_data(chats:list[dict], # conversations with a "messages" list (`too
     "The conversations tokenized by `encode_tool_sft` (the assistant's turns trained), back to back as notebook 04's `SFTData`."
     enc = [encode_tool_sft(tok, c["messages"], tools, max_len) for c in chats]
     if any(cut for *_, cut in enc): raise ValueError(f"a tool conversation is longer than {max_len} tokens: give the preset a longer seq_len")
-    lens = [len(ids) for ids, *_ in enc]
-    return SFTData(np.concatenate([np.asarray(ids, dtype=np.uint16) for ids, *_ in enc]), np.concatenate([np.asarray(f, dtype=bool) for _, f, _ in enc]),
-                   np.concatenate([[0], np.cumsum(lens)]).astype(np.int64), {"read": len(enc), "truncated": 0, "dropped": 0, "bad": 0})
+    return SFTData.from_examples([(ids, flags) for ids, flags, _ in enc])
 
 # %% ../nbs/07a_tools.ipynb #b568c1f2
 def make_tool_trainer(data_path=None, # OpenAI-shaped tool conversations JSONL ({"messages": [...]}) added to the generated ones (None: those only)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from minimind.data import iter_jsonl
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
-from minimind.reason import (REASON_PRESETS, TAG_IDS, GRPORollouts, arith_probes, ask, column_steps, column_teacher, concat_sft, eval_expressions,
+from minimind.reason import (REASON_PRESETS, TAG_IDS, GRPORollouts, arith_probes, ask, column_steps, column_teacher, eval_expressions,
                              final_number, fresh_expressions, group_advantages, grpo_loss, heldout_expressions, kl_k3, load_chats, load_problems,
                              make_grpo_trainer, make_reason_trainer, parse_reasoning, question_expr, reasoning_reward, score_reply, solve_steps,
                              stage_heldout, weighted_lm_loss, worked_chat)
@@ -87,12 +87,12 @@ def test_load_problems_from_each_kind_of_file(tmp_path):
     assert load_problems(f) == [ask("2 + 3 × 4"), {"prompt": "Two plus two?", "answer": "4"}]
 
 
-def test_concat_and_in_memory_chats_equal_the_file(tok):
+def test_mixed_and_in_memory_chats_equal_the_file(tok):
     a = load_sft(REASON, tok, 129, kind="reason")
     recs = list(iter_jsonl(REASON, kind="reason"))
     b = load_chats(recs, tok, 129)
     assert np.array_equal(a.tokens, b.tokens) and np.array_equal(a.trained, b.trained)
-    c = concat_sft(a, b)
+    c = a + b
     assert len(c) == 2 * len(a) and np.array_equal(c.example(len(a) + 7)[0], a.example(7)[0])
 
 

@@ -127,3 +127,18 @@ def test_useful_shares():
     assert s["packed"] == pytest.approx(1.0) and s["padded"] == pytest.approx(1.0)
     s = useful_shares([32] * 8, 64)                                          # two per row when packed
     assert s["padded"] == pytest.approx(31 / 64) and s["packed"] == pytest.approx(31 * 8 / (4 * 64))
+
+
+def test_one_constructor_mixes_and_selects_conversations(tok, tmp_path):
+    "SFTData.from_examples is load_sft's constructor too; + and select keep each conversation's tokens and mask, and add the counts."
+    p = tmp_path / "c.jsonl"
+    p.write_text("\n".join(json.dumps({"conversations": CONV[1:3 + 2 * (i % 2)]}, ensure_ascii=False) for i in range(5)), encoding="utf-8")
+    data = load_sft(p, tok)
+    examples = [encode_sft(tok, CONV[1:3 + 2 * (i % 2)], 512)[:2] for i in range(5)]
+    built = SFTData.from_examples(examples)
+    assert np.array_equal(built.tokens, data.tokens) and np.array_equal(built.trained, data.trained) and np.array_equal(built.offsets, data.offsets)
+    mixed = data.select([4, 0]) + data
+    assert len(mixed) == 7 and mixed.stats["conversations"] == 2 + 5
+    for i, j in enumerate([4, 0, 0, 1, 2, 3, 4]):
+        assert [x.tolist() for x in mixed.example(i)] == [x.tolist() for x in data.example(j)]
+    with pytest.raises(ValueError, match="no conversations"): SFTData.from_examples([])
