@@ -1,4 +1,4 @@
-"""Low-rank adapters written from scratch: a small fraction of the parameters (10.7% of this 1.6M model: attention, output layer and the rows of 77 words it never read; 1–4.5% of the 26M MiniMind2-small) teaches the chat model a domain's rule or a new name, the base stays untouched, and the adapter merges, unmerges, saves and loads on its own.
+"""Low-rank adapters written from scratch: a small fraction of the parameters (10.7% of this 1.6M model: attention, output layer and the rows of 77 words it never read; 262,144 to 1,163,264 of the 26M MiniMind2-small's, counted in exercise 1) teaches the chat model a domain's rule or a new name, the base stays untouched, and the adapter merges, unmerges, saves and loads on its own.
 
 Docs: https://minimind-course.github.io/minimind/lora.html.md"""
 

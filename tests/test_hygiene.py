@@ -94,6 +94,7 @@ def test_widgets_have_state_and_a_static_figure(nb):
 
 
 MEASURED = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s?%")  # a percentage in prose
+FIGURE = re.compile(r"(?<![\w.])(\d+\.\d{3,})(?![\w.])")    # a figure with three or more decimals (a loss, in nats): never a section number
 
 
 def output_text(book) -> str:
@@ -101,21 +102,23 @@ def output_text(book) -> str:
     return "\n".join(t for c in book.cells if c.cell_type == "code" for o in c.get("outputs", []) for t in texts(o))
 
 
-@pytest.mark.parametrize("nb", [n for n in NOTEBOOKS if n.stem[:2] in ("00", "01", "02", "03")], ids=nb_id)
-def test_prose_percentages_appear_in_outputs(nb):
-    """A percentage the prose states is a measurement or a computed figure: it must also appear in an output of the
-    notebook (a table, a printed line), so that prose and outputs cannot drift apart. Markdown outputs count as prose
-    read from the run. A cell that quotes a benchmark of `bench/` (and names its command) is that benchmark's output."""
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=nb_id)
+def test_prose_figures_appear_in_outputs(nb):
+    """A percentage or a three-decimal figure the prose states is a measurement or a computed figure: it must also
+    appear in an output of the notebook (a table, a printed line), so that prose and outputs cannot drift apart.
+    Markdown outputs count as prose read from the run. A cell that quotes a benchmark of `bench/` (and names its
+    command) is that benchmark's output. Math and code spans are formulas and examples, not measurements."""
     book = nbformat.read(nb, as_version=4)
     shown = output_text(book)
     shown_numbers = {float(x) for x in MEASURED.findall(shown)}
     missing = []
     for i, cell in enumerate(book.cells):
         if cell.cell_type != "markdown" or "bench/" in cell.source: continue
-        for m in MEASURED.finditer(cell.source):
-            if float(m.group(1)) not in shown_numbers:
-                missing.append(f"{nb.name} markdown cell {i} ({cell.get('id')}): {cell.source[max(0, m.start() - 50):m.end() + 10]!r}")
-    assert not missing, ("percentages in the prose that no output shows (print them, or have the prose read them "
+        prose = re.sub(r"\$[^$]*\$|`[^`]*`", "", cell.source)
+        where = lambda m: f"{nb.name} markdown cell {i} ({cell.get('id')}): {prose[max(0, m.start() - 50):m.end() + 10]!r}"
+        missing += [where(m) for m in MEASURED.finditer(prose) if float(m.group(1)) not in shown_numbers]
+        missing += [where(m) for m in FIGURE.finditer(prose) if m.group(1) not in shown]
+    assert not missing, ("figures in the prose that no output shows (print them, or have the prose read them "
                          "from the run with display(Markdown(f'...'))):\n" + "\n".join(missing))
 
 
