@@ -258,11 +258,18 @@ def make_lora_trainer(data_path, # conversations JSONL (the domain or identity d
                       rank:int=8, alpha:float=16.0, dropout:float=0.05, targets:str="all",
                       model=None, # start from this model instead of init_from (a copy is adapted)
                       tokens:list[int]|None=None, # token ids whose embedding rows train too (`unseen_tokens`)
+                      replay_data=None, # general conversations (the base's own SFT data) to mix into the adapter's: rehearsal
+                      replay:int=0, # how many of them, drawn with the run's seed (0: the domain's data alone)
                       **overrides) -> Trainer:
-    "A Trainer that trains only a fresh LoRA adapter on an SFT model."
+    "A Trainer that trains only a fresh LoRA adapter on an SFT model (on the domain's conversations, plus `replay` general ones)."
     p = resolve_preset(preset, LORA_PRESETS, **overrides)
     tok = tok or load_tokenizer()
-    train = SFTDataset(load_sft(data_path, tok, p["seq_len"] + 1, skip_bad=skip_bad), p["seq_len"])
+    data = load_sft(data_path, tok, p["seq_len"] + 1, skip_bad=skip_bad)
+    if replay:
+        if replay_data is None: raise ValueError("replay needs replay_data (--replay-data): the general conversations to mix in, e.g. the SFT data")
+        general = load_sft(replay_data, tok, p["seq_len"] + 1, skip_bad=skip_bad)
+        data = data + general.select(np.sort(np.random.default_rng(p.get("seed", 42)).permutation(len(general))[:replay]))
+    train = SFTDataset(data, p["seq_len"])
     held = SFTDataset(load_sft(eval_path, tok, p["seq_len"] + 1, skip_bad=skip_bad), p["seq_len"]) if eval_path else None
     cfg = stage_config(p, len(train), run_dir)
     model = copy.deepcopy(model) if model is not None else chat_base(init_from, LORA_PRESETS[preset]["sft_preset"], run_dir, cache_dir, cfg.device if cfg.device != "auto" else "cpu")
@@ -272,6 +279,8 @@ def make_lora_trainer(data_path, # conversations JSONL (the domain or identity d
     trainer.tok = tok
     return trainer
 
+
+# %% ../nbs/05_lora.ipynb #92923bcc
 def unseen_tokens(tok, data_path, # the adapter's conversations
                   seen_paths:list, # the base model's training files (pretraining {"text"} and conversations JSONL)
                  ) -> list[int]:

@@ -172,3 +172,21 @@ def test_cli_trains_an_adapter_with_new_rows(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     cfg = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
     assert cfg["targets"] == "attention+head" and len(cfg["tokens"]) > 20                      # the garden's words, and more
+
+
+def test_replay_mixes_general_conversations_into_the_adapters_data():
+    "make_lora_trainer(replay=n, replay_data=...) trains on the domain's conversations plus n general ones (drawn with the seed); without replay_data it refuses."
+    from minimind.data import sample_path
+    from minimind.lora import make_lora_trainer
+    from minimind.sft import load_sft
+    from minimind.tokenizer import load_tokenizer
+    tok = load_tokenizer()
+    kw = dict(model=micro(), tok=tok, steps=1, device="cpu", progress=False, live_plot=False)
+    plain = make_lora_trainer(sample_path("lora_garden"), "tiny", **kw).train_data.data
+    mixed = make_lora_trainer(sample_path("lora_garden"), "tiny", replay_data=sample_path("sft"), replay=5, **kw).train_data.data
+    general = load_sft(sample_path("sft"), tok, 129)
+    assert len(mixed) == len(plain) + 5
+    assert all(mixed.example(i)[0].tolist() == plain.example(i)[0].tolist() for i in range(len(plain)))
+    extra = {tuple(mixed.example(len(plain) + k)[0].tolist()) for k in range(5)}
+    assert extra <= {tuple(general.example(i)[0].tolist()) for i in range(len(general))}, [tok.decode(list(e)) for e in extra]
+    with pytest.raises(ValueError, match="replay_data"): make_lora_trainer(sample_path("lora_garden"), "tiny", replay=5, **kw)
