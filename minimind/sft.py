@@ -87,7 +87,7 @@ class SFTData:
     @classmethod
     def from_examples(cls, examples, # (ids, trained) per conversation
                       stats:dict|None=None) -> "SFTData":
-        "Conversations back to back: the one constructor every stage's data goes through."
+        "Tokenized conversations back to back: how every stage builds its data (`load_sft`, 07a's tool conversations)."
         lens = [len(ids) for ids, _ in examples]
         if not lens: raise ValueError("no conversations")
         return cls(np.concatenate([np.asarray(ids, np.uint16) for ids, _ in examples]), np.concatenate([np.asarray(f, bool) for _, f in examples]),
@@ -100,7 +100,8 @@ class SFTData:
     def __add__(self, other:"SFTData") -> "SFTData":
         "Both sets of conversations, `self`'s first (counts added)."
         stats = {k: self.stats.get(k, 0) + other.stats.get(k, 0) for k in self.stats.keys() | other.stats.keys()}
-        return SFTData.from_examples([self.example(i) for i in range(len(self))] + [other.example(i) for i in range(len(other))], stats)
+        return SFTData(np.concatenate([self.tokens, other.tokens]), np.concatenate([self.trained, other.trained]),   # arrays, not a loop:
+                       np.concatenate([self.offsets, self.offsets[-1] + other.offsets[1:]]), stats)                    # a million conversations mix at once
 
 def load_sft(path, # a conversations JSONL (MiniMind's sft_*.jsonl format)
              tok=None, # tokenizer (default: the shipped one)
