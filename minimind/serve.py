@@ -365,6 +365,11 @@ class Engine:
         self.jobs, self.finished, self.current = queue.Queue(), [], None  # finished: (tokens, finish) per job; current: the running Job
         threading.Thread(target=self._worker, daemon=True, name="minimind-engine").start()
 
+    @classmethod
+    def from_folder(cls, folder, device:str="auto", adapter=None, **kw) -> "Engine":
+        "An Engine for a model folder (`load_model`), its tools announced or built in as the folder's tools.json says (07a)."
+        return cls(*load_model(folder, device, adapter), announce_tools=announces_tools(folder), **kw)
+
     def job_for(self, req:ChatRequest, loop=None) -> Job:
         "Tokenize the conversation and clamp max_tokens to the context left; APIError if the prompt does not fit."
         text = tool_prompt(req, self.announce_tools)
@@ -563,8 +568,7 @@ def serve(model_dir, adapter=None, host:str="127.0.0.1", port:int=8000, api_key:
           name:str="minimind", max_context:int|None=None):
     "`minimind serve`: load the model and run the OpenAI-compatible server until interrupted."
     import uvicorn
-    model, tok = load_model(model_dir, device, adapter)
-    engine = Engine(model, tok, name, max_context, announce_tools=announces_tools(model_dir))
+    engine = Engine.from_folder(model_dir, device, adapter, name=name, max_context=max_context)
     print(f"minimind serve: {model_dir} as '{name}' on http://{host}:{port}/v1 (context {engine.max_context} tokens"
           + ("" if engine.announce_tools else "; tools built in: requests' tool signatures stay out of the prompt") + ")", flush=True)
     uvicorn.run(make_app(engine, api_key), host=host, port=port, log_level="info")

@@ -26,8 +26,7 @@ def page_args(argv=None) -> argparse.Namespace:
 @st.cache_resource(show_spinner="loading the model ...")
 def engine_for(folder:str, adapter:str, device:str) -> minimind.serve.Engine:
     "One Engine per (model, adapter), shared by every browser session: its worker runs one reply at a time."
-    return minimind.serve.Engine(*minimind.serve.load_model(folder, device, adapter or None),   # a tool model (07a) has its tools built in
-                                 announce_tools=minimind.tools.announces_tools(folder))
+    return minimind.serve.Engine.from_folder(folder, device, adapter or None)   # a tool model (07a) has its tools built in
 
 def chat_turns(history:list, keep:int) -> list:
     "The last `keep` user/assistant exchanges, as chat messages (reasoning is not sent back)."

@@ -241,3 +241,12 @@ def test_a_model_with_built_in_tools_gets_no_tools_block():
         c = create(client, "What is 12 * 7?").choices[0]
     assert c.finish_reason == "tool_calls" and json.loads(c.message.tool_calls[0].function.arguments) == ARGS
     assert "# Tools" not in model.prompts[-1] and model.prompts[-1].startswith("<|im_start|>user")
+
+
+def test_engine_from_folder_reads_the_folders_tools_json(tmp_path):
+    "Engine.from_folder (minimind serve, the chat page) announces the tools unless the folder's tools.json says they are built in."
+    folder = tiny_chat_model(tmp_path / "tiny_chat")
+    assert Engine.from_folder(folder, "cpu", max_context=256).announce_tools is True
+    (folder / "tools.json").write_text(json.dumps({"tools": list(default_tools()), "announce": False}))
+    engine = Engine.from_folder(folder, "cpu", max_context=256)
+    assert engine.announce_tools is False and engine.max_context == 256
