@@ -6,7 +6,7 @@ Docs: https://minimind-course.github.io/minimind/reason.html.md"""
 
 # %% ../nbs/07_reason.ipynb #59bf824e
 from __future__ import annotations
-import copy, itertools, random, re, tempfile
+import copy, itertools, json, random, re, tempfile
 from functools import partial
 from pathlib import Path
 import numpy as np
@@ -16,16 +16,17 @@ from .data import arith_problem, iter_jsonl, write_jsonl
 from .model import MiniMindForCausalLM
 from .score import by_lang, chat_replies, generate_batch, label_logprobs, pad_batch
 from .sft import SFTData, SFTDataset, base_model, chat_base, load_sft
-from .tokenizer import EOS_ID, SPECIAL_TOKENS, THINK_TOKENS, encode_chat, load_tokenizer
+from .tokenizer import EOS_ID, SPECIAL_TOKENS, THINK_TOKENS, encode_chat, load_tokenizer, save_tokenizer
 from .train import Trainer, autocast_for, fit_and_save, list_checkpoints, load_checkpoint, record_outcome, resolve_preset, stage_config
 
 # %% auto #0
-__all__ = ['TAG_IDS', 'REASON_RE', 'QUESTION', 'THINKING', 'TASKS', 'HELDOUT_SEED', 'REASON_PRESETS', 'GRPO_PRESETS',
-           'parse_reasoning', 'final_number', 'score_reply', 'solve_steps', 'sentence_teacher', 'worked_chat', 'ask',
-           'question_expr', 'arith_probes', 'column_steps', 'column_teacher', 'fresh_expressions',
+__all__ = ['TAG_IDS', 'REASON_RE', 'QUESTION', 'THINKING', 'TASKS', 'HELDOUT_SEED', 'REASON_PRESETS', 'VALIDATION_SEED',
+           'GRPO_PRESETS', 'parse_reasoning', 'final_number', 'score_reply', 'solve_steps', 'sentence_teacher',
+           'worked_chat', 'ask', 'question_expr', 'arith_probes', 'column_steps', 'column_teacher', 'fresh_expressions',
            'heldout_expressions', 'reason_measures', 'eval_expressions', 'stage_heldout', 'weighted_lm_loss',
-           'load_chats', 'make_reason_trainer', 'checkpoint_measures', 'group_advantages', 'kl_k3', 'grpo_loss',
-           'reasoning_reward', 'GRPORollouts', 'reason_base', 'load_problems', 'make_grpo_trainer', 'reason', 'grpo']
+           'load_chats', 'make_reason_trainer', 'checkpoint_measures', 'model_at', 'pick_start', 'group_advantages',
+           'kl_k3', 'grpo_loss', 'reasoning_reward', 'GRPORollouts', 'reason_base', 'load_problems',
+           'make_grpo_trainer', 'save_grpo_start', 'reason', 'grpo']
 
 # %% ../nbs/07_reason.ipynb #c0978311
 TAG_IDS = tuple(SPECIAL_TOKENS.index(t) for t in THINK_TOKENS)  # <think>, </think>, <answer>, </answer>: single tokens, ids 3-6
@@ -149,11 +150,12 @@ def reason_measures(model, tok, probes:list[dict], # problem rows (`ask`, `arith
     out = {k: float(np.mean([r[k] for r in rows])) for k in ("format", "exact", "strict")}
     return out | {"exact_by_lang": by_lang(rows, "exact"), "rows": rows}
 
-REASON_PRESETS = {  # reasoning SFT from a chat model: `task` (TASKS), `fresh` worked problems of it, `heldout` problems; TrainConfig fields
-    "tiny":      dict(task="columns", fresh=2000, heldout=50, seq_len=48, pack=False, max_steps=60, batch_size=16, lr=3e-3, warmup_steps=5, min_lr_ratio=0.1,
-                      eval_every=20, ckpt_every=20, keep_ckpts=100, sft_preset="tiny"),
-    "course":    dict(task="columns", fresh=5040, heldout=100, seq_len=48, pack=False, max_steps=210, batch_size=24, lr=3e-3, warmup_steps=10, min_lr_ratio=0.1,
-                      eval_every=30, ckpt_every=15, keep_ckpts=100, sft_preset="course"),
+REASON_PRESETS = {  # reasoning SFT from a chat model: `task` (TASKS), `fresh` worked problems of it, `heldout` problems, `val` validation problems
+                   # and `start_at` (the validation exact match of the checkpoint GRPO starts from, 7.9); TrainConfig fields
+    "tiny":      dict(task="columns", fresh=2000, heldout=50, val=20, start_at=0.5, seq_len=48, pack=False, max_steps=60, batch_size=16, lr=3e-3, warmup_steps=5,
+                      min_lr_ratio=0.1, eval_every=20, ckpt_every=20, keep_ckpts=100, sft_preset="tiny"),
+    "course":    dict(task="columns", fresh=5040, heldout=100, val=100, start_at=0.5, seq_len=48, pack=False, max_steps=420, batch_size=24, lr=3e-3, warmup_steps=10,
+                      min_lr_ratio=0.1, eval_every=30, ckpt_every=15, keep_ckpts=100, sft_preset="course"),
     "sentences": dict(task="steps", fresh=3000, heldout=200, seq_len=128, max_steps=80, batch_size=8, lr=2e-3, warmup_steps=5,   # the aside (7.6)
                       eval_every=20, ckpt_every=10, keep_ckpts=100, sft_preset="course"),
     "r1":        dict(task="steps", fresh=0, heldout=200, seq_len=1024, epochs=1, batch_size=16, grad_accum=8, lr=5e-5, warmup_steps=100, eval_every=500, ckpt_every=500, sft_preset="zero"),
@@ -187,6 +189,8 @@ def weighted_lm_loss(model, batch:dict, # {'input_ids', 'labels'} (B, T), labels
                                                    "n_tag_ce": tag.sum()}   # tag_ce is a mean over the tag tokens only
 
 # %% ../nbs/07_reason.ipynb #c156890e
+VALIDATION_SEED = 999  # the seed validation problems are drawn with (apart from the held-out and the training problems)
+
 def load_chats(records:list[dict], tok, max_len:int) -> SFTData:
     "Tokenize conversations held in memory, through the same reader and checks as a file (`load_sft`, kind 'reason')."
     with tempfile.TemporaryDirectory() as d:
@@ -202,12 +206,14 @@ def make_reason_trainer(data_path=None, # reasoning conversations JSONL to train
                         fresh:int|None=None, # worked problems of the preset's task added to the data (None: the preset's)
                         model=None, # start from (a copy of) this model instead of init_from
                         **overrides) -> Trainer:
-    "The data, base model and Trainer of a reasoning-SFT run (call `.fit()` on it); `trainer.probes` are the held-out problems."
+    "The data, base model and Trainer of a reasoning-SFT run (call `.fit()` on it); `trainer.probes` are the held-out problems, `trainer.val_probes` the validation ones."
     p = resolve_preset(preset, REASON_PRESETS, **overrides)
     tok, L, pack = tok or load_tokenizer(), p["seq_len"] + 1, p.get("pack", True)
     held, teacher = stage_heldout(p, eval_path), TASKS[p["task"]]["teacher"]
     n = p.get("fresh", 0) if fresh is None else fresh
-    extra = [worked_chat(e, ("en", "zh")[i % 2], teacher) for i, e in enumerate(fresh_expressions(n, p.get("seed", 42), held, p["task"]))]
+    drawn = fresh_expressions(n, p.get("seed", 42), held, p["task"])
+    extra = [worked_chat(e, ("en", "zh")[i % 2], teacher) for i, e in enumerate(drawn)]
+    val = fresh_expressions(p.get("val", 0), VALIDATION_SEED, set(held) | set(drawn), p["task"])   # neither held out nor trained on
     parts = ([load_sft(data_path, tok, L, kind="reason", skip_bad=skip_bad)] if data_path else []) + ([load_chats(extra, tok, L)] if extra else [])
     if not parts: raise ValueError("reasoning SFT has nothing to train on: give a data file or fresh > 0")
     train = SFTDataset(sum(parts[1:], parts[0]), p["seq_len"], pack=pack)       # the file's conversations, then the generated ones
@@ -215,7 +221,7 @@ def make_reason_trainer(data_path=None, # reasoning conversations JSONL to train
     cfg = stage_config(p, len(train), run_dir)
     model = copy.deepcopy(model) if model is not None else chat_base(init_from, p.get("sft_preset", "tiny"), run_dir, cache_dir, cfg.device if cfg.device != "auto" else "cpu")
     trainer = Trainer(model, train, partial(weighted_lm_loss, tag_weight=tag_weight), eval_data=heldout, cfg=cfg)
-    trainer.tok, trainer.probes = tok, arith_probes(held)
+    trainer.tok, trainer.probes, trainer.val_probes, trainer.start_at = tok, arith_probes(held), arith_probes(val), p.get("start_at")
     return trainer
 
 def checkpoint_measures(trainer:Trainer, probes:list[dict], max_new_tokens:int=64) -> list[dict]:
@@ -226,6 +232,21 @@ def checkpoint_measures(trainer:Trainer, probes:list[dict], max_new_tokens:int=6
         m = reason_measures(model, trainer.tok, probes, max_new_tokens)
         out.append({"step": state["step"], **{k: m[k] for k in ("format", "exact", "strict")}})
     return out
+
+def model_at(trainer:Trainer, step:int) -> MiniMindForCausalLM:
+    "A copy of the trainer's model with the weights of its checkpoint at `step`."
+    path = Path(trainer.ckpt_dir)/f"step_{step:08d}.pt"
+    if not path.exists():
+        kept = sorted(int(p.stem.split("_")[1]) for p in list_checkpoints(trainer.ckpt_dir))
+        raise ValueError(f"no checkpoint of step {step} in {trainer.ckpt_dir} (kept: {kept})")
+    model = copy.deepcopy(trainer.model)
+    model.load_state_dict(load_checkpoint(path)["model"])
+    return model
+
+def pick_start(curve:list[dict], # `checkpoint_measures` rows
+               target:float=0.5, key:str="exact") -> dict:
+    "The checkpoint whose `key` is nearest `target` (the earliest of equals)."
+    return min(curve, key=lambda c: (abs(c[key] - target), c["step"]))
 
 # %% ../nbs/07_reason.ipynb #aca5ec5f
 def group_advantages(rewards:torch.Tensor, # (P, G): G sampled answers for each of P prompts
@@ -384,9 +405,21 @@ def _finish_stage(trainer:Trainer, stage:str, resume:bool) -> Trainer:
               f"exact match {before['exact']:.1%} -> {after['exact']:.1%}")
     return trainer
 
+def save_grpo_start(trainer:Trainer) -> dict:
+    "Measure the validation problems at every checkpoint, and save the one nearest the preset's `start_at` as run_dir/start_model (GRPO's start); its row."
+    curve = checkpoint_measures(trainer, trainer.val_probes)
+    start = pick_start(curve, trainer.start_at)
+    folder = Path(trainer.run_dir)/"start_model"
+    model_at(trainer, start["step"]).save_pretrained(folder); save_tokenizer(trainer.tok, folder)
+    (Path(trainer.run_dir)/"validation_curve.json").write_text(json.dumps({"start_at": trainer.start_at, "start": start, "curve": curve}, indent=1))
+    print(f"reason: GRPO's start: step {start['step']}, validation exact match {start['exact']:.1%} (nearest {trainer.start_at:.0%}) -> {folder}")
+    return start
+
 def reason(data_path=None, preset:str="tiny", resume:bool=False, **kwargs) -> Trainer:
-    "A whole reasoning-SFT run: fit, save run_dir/model, measure the held-out problems before and after."
-    return _finish_stage(make_reason_trainer(data_path, preset, **kwargs), "reason", resume)
+    "A whole reasoning-SFT run: fit, save run_dir/model, measure the held-out problems before and after; and save GRPO's start (`save_grpo_start`) if the preset names one."
+    trainer = _finish_stage(make_reason_trainer(data_path, preset, **kwargs), "reason", resume)
+    if trainer.run_dir and trainer.is_main and trainer.val_probes and trainer.start_at is not None: save_grpo_start(trainer)
+    return trainer
 
 def grpo(data_path=None, preset:str="tiny", resume:bool=False, **kwargs) -> Trainer:
     "A whole GRPO run: fit, save run_dir/model, measure the held-out problems before and after."

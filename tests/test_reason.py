@@ -14,7 +14,7 @@ from minimind.data import iter_jsonl
 from minimind.model import MiniMindConfig, MiniMindForCausalLM
 from minimind.reason import (REASON_PRESETS, TAG_IDS, GRPORollouts, arith_probes, ask, column_steps, column_teacher, eval_expressions,
                              final_number, fresh_expressions, group_advantages, grpo_loss, heldout_expressions, kl_k3, load_chats, load_problems,
-                             make_grpo_trainer, make_reason_trainer, parse_reasoning, question_expr, reasoning_reward, score_reply, solve_steps,
+                             make_grpo_trainer, make_reason_trainer, model_at, parse_reasoning, pick_start, question_expr, reasoning_reward, score_reply, solve_steps,
                              stage_heldout, weighted_lm_loss, worked_chat)
 from minimind.score import label_logprobs
 from minimind.sft import SFTDataset, load_sft
@@ -211,13 +211,30 @@ def test_cli_reason_then_grpo(tmp_path):
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "reason: held-out arithmetic (8 problems)" in r.stdout and "step 2: train loss" in r.stdout and "held-out" in r.stdout.splitlines()[-1]
+    assert r.stdout.splitlines()[-2].startswith("reason: GRPO's start: step 2, validation exact match")   # the only checkpoint of 2 steps
     rows = json.loads((tmp_path / "reason" / "outcome.json").read_text())["rows"]
     assert [x["metric"] for x in rows] == ["held-out arithmetic: format compliance", "held-out arithmetic: exact match"]
-    r = subprocess.run(cli + ["grpo", "--init-from", str(tmp_path / "reason" / "model"), "--out", str(tmp_path / "grpo"), "--fresh", "10", "--group-size", "2",
+    curve = json.loads((tmp_path / "reason" / "validation_curve.json").read_text())
+    assert curve["start"]["step"] == 2 and [c["step"] for c in curve["curve"]] == [2]
+    r = subprocess.run(cli + ["grpo", "--init-from", str(tmp_path / "reason" / "start_model"), "--out", str(tmp_path / "grpo"), "--fresh", "10", "--group-size", "2",
                               "--data", str(REASON)] + common, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     last = r.stdout.splitlines()[-1]
     assert last.startswith("step 2: train loss") and "held-out" not in last and (tmp_path / "grpo" / "model" / "config.json").exists()
+
+
+def test_validation_problems_stand_apart_and_grpo_starts_at_the_checkpoint_nearest_its_target(tok, tiny, tmp_path):
+    "Validation problems are neither held out nor trained on; `pick_start` takes the checkpoint nearest the target; `model_at` loads that step's weights."
+    t = make_reason_trainer(None, "tiny", model=tiny, tok=tok, fresh=64, run_dir=tmp_path, steps=4, ckpt_every=2, device="cpu", progress=False, live_plot=False)
+    val, held = {p["expression"] for p in t.val_probes}, {p["expression"] for p in t.probes}
+    assert len(val) == REASON_PRESETS["tiny"]["val"] and len(t.val_probes) == 2 * len(val) and t.start_at == REASON_PRESETS["tiny"]["start_at"]
+    assert not val & held and not val & set(fresh_expressions(64, 42, held, "columns"))
+    curve = [{"step": 2, "exact": 0.2}, {"step": 4, "exact": 0.4}, {"step": 6, "exact": 0.6}, {"step": 8, "exact": 0.9}]
+    assert pick_start(curve)["step"] == 4 and pick_start(curve, 0.65)["step"] == 6 and pick_start(curve, 1.0)["step"] == 8   # 0.5: 4 and 6 tie, the earlier wins
+    t.fit()
+    same = lambda a, b: all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    assert same(model_at(t, 4), t.model) and not same(model_at(t, 2), t.model)
+    with pytest.raises(ValueError, match=r"no checkpoint of step 3 .* \(kept: \[2, 4\]\)"): model_at(t, 3)
 
 
 def test_column_addition_teacher():
