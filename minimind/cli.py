@@ -14,9 +14,9 @@ from .score import stream_reply
 
 # %% auto #0
 __all__ = ['REPO_URL', 'TRAIN_STAGES', 'COURSE_PARAMS', 'CHAT_STAGES', 'CLIError', 'check_files', 'repo_root', 'stage_notebooks',
-           'add_train_args', 'run_train', 'add_sample_args', 'run_sample', 'add_chat_args', 'load_for_chat',
-           'chat_with_tools', 'run_chat', 'add_serve_args', 'run_serve', 'run_webui', 'starts_from', 'notebook_command',
-           'course_chat', 'add_course_args', 'run_course', 'user_error', 'build_parser', 'main']
+           'add_train_args', 'run_train', 'add_sample_args', 'run_sample', 'add_chat_args', 'chat_with_tools',
+           'run_chat', 'add_serve_args', 'run_serve', 'run_webui', 'starts_from', 'notebook_command', 'course_chat',
+           'add_course_args', 'run_course', 'user_error', 'build_parser', 'main']
 
 # %% ../nbs/99_cli.ipynb #0342d632
 REPO_URL = "https://github.com/minimind-course/minimind"  # the course checkout: notebooks, dataset/, tests
@@ -174,20 +174,6 @@ def add_chat_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     return p
 
-def load_for_chat(folder, device="auto",
-                  adapter=None): # a LoRA adapter folder, merged into the model (an error if it does not fit, never ignored)
-    "(model, tokenizer) from a model folder (+ a LoRA adapter); the shipped tokenizer when the folder has none."
-    from minimind.model import MiniMindForCausalLM
-    from minimind.tokenizer import load_tokenizer
-    from minimind.train import get_device
-    folder = Path(folder)  # not a model folder: from_pretrained raises an error that names it
-    tok = load_tokenizer(folder if (folder/"tokenizer.json").exists() else None)
-    model = MiniMindForCausalLM.from_pretrained(folder)
-    if adapter is not None:
-        from minimind.lora import load_adapter
-        model = load_adapter(model, adapter, merge=True).eval()
-    return model.to(get_device(device)), tok
-
 def chat_with_tools(model, tok, prompt:str, max_new_tokens:int=160,
                     announce:bool=True) -> str: # False: a model with its tools built in (its folder's tools.json says so)
     "One question through the agent loop with the built-in tools: prints each call and its result, returns the answer."
@@ -203,7 +189,7 @@ def chat_with_tools(model, tok, prompt:str, max_new_tokens:int=160,
 def run_chat(a:argparse.Namespace) -> int:
     "`minimind chat`: answer --prompt(s), or chat interactively until EOF / 'exit'."
     if a.raw and a.tools: raise CLIError("--tools needs the chat template; it cannot be combined with --raw")
-    model, tok = load_for_chat(a.model, a.device, a.adapter)
+    model, tok = _ref("minimind.serve:load_model")(a.model, a.device, a.adapter)   # as `minimind serve` loads it
     kw = dict(raw=a.raw, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p)
     announce = _ref("minimind.tools:announces_tools")(a.model) if a.tools else True    # a tool model's tools.json: built in, or announced
     reply = (lambda p: chat_with_tools(model, tok, p, a.max_new_tokens, announce)) if a.tools else (lambda p: stream_reply(model, tok, p, **kw))
@@ -275,7 +261,7 @@ def course_chat(model_dir, facts_path, chat:bool=True, n:int=2):
     import random
     from minimind.data import iter_jsonl
     from minimind.score import complete
-    model, tok = load_for_chat(model_dir, "cpu")
+    model, tok = _ref("minimind.serve:load_model")(model_dir, "cpu")
     style = "ask" if chat else "complete"
     facts = [f for f in iter_jsonl(facts_path, kind="eval") if f.get("style") == style and f.get("split") == "pretrain_only"]
     rng = random.Random(0)                                    # the same facts every run, both languages shown

@@ -18,10 +18,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
+from .lora import load_adapter
 from .model import MiniMindConfig, MiniMindForCausalLM
 from .score import pad_batch
 from .tokenizer import EOS_ID, PAD_ID, StreamDecoder, encode_chat, load_tokenizer, save_tokenizer
 from .tools import announces_tools, parse_tool_calls, render_messages, to_json
+from .train import get_device
 
 # %% ../nbs/09_serve.ipynb #7fb095da
 STAND_IN_CHATS = {"What is 2+2?": "<think>\nTwo plus two makes four.\n</think>\n<answer>\n4\n</answer>",
@@ -52,14 +54,11 @@ def load_model(folder, # a model folder: config.json + model.safetensors (+ toke
                device:str="auto", # auto | cpu | cuda | mps
                adapter=None, # a LoRA adapter folder to apply (minimind.lora)
               ):
-    "(model, tokenizer) from a model folder, in eval mode; the shipped tokenizer when the folder has none."
-    from minimind.train import get_device
-    folder = Path(folder)
-    if not (folder/"config.json").exists(): raise FileNotFoundError(f"{folder} is not a model folder (no config.json)")
+    "(model, tokenizer) from a model folder, in eval mode; the shipped tokenizer when the folder has none. `minimind chat`, `serve` and the chat page load this way."
+    folder = Path(folder)          # not a model folder: from_pretrained's error names it
     tok = load_tokenizer(folder if (folder/"tokenizer.json").exists() else None)
     model = MiniMindForCausalLM.from_pretrained(folder).to(get_device(device))
-    if adapter is not None:  # merged into the weights: generation at the base model's cost
-        from minimind.lora import load_adapter
+    if adapter is not None:  # merged into the weights: generation at the base model's cost (an adapter that does not fit is an error, never ignored)
         model = load_adapter(model, adapter, merge=True)
     return model.eval(), tok
 

@@ -238,7 +238,7 @@ def test_cli_serve(model_dir, tmp_path):
     "`minimind serve` binds 127.0.0.1, answers the openai client, and a bad folder is one line on stderr."
     bad = subprocess.run([sys.executable, "-m", "minimind.cli", "serve", "--model", str(tmp_path / "nothing")],
                          capture_output=True, text=True, timeout=120)
-    assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0 and "not a model folder" in bad.stderr
+    assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0 and f"{tmp_path / 'nothing'}: no such model folder" in bad.stderr
     with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "minimind.cli", "serve", "--model", str(model_dir), "--port", str(port),
                              "--api-key", KEY, "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

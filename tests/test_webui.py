@@ -49,7 +49,7 @@ def test_apptest_chat(model_dir):
 def test_apptest_bad_folder(tmp_path):
     at = AppTest.from_file(PAGE, default_timeout=60).run()
     at.sidebar.text_input[0].set_value(str(tmp_path / "nothing")).run()
-    assert not at.exception and at.error and "not a model folder" in at.error[0].value
+    assert not at.exception and at.error and f"{tmp_path / 'nothing'}: no such model folder" in at.error[0].value
 
 
 @pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()), reason="Debian's chromium and chromium-driver are not installed")
