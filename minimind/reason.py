@@ -17,7 +17,7 @@ from .model import MiniMindForCausalLM
 from .score import by_lang, chat_replies, generate_batch, label_logprobs, pad_batch
 from .sft import SFTData, SFTDataset, base_model, chat_base, load_sft
 from .tokenizer import EOS_ID, SPECIAL_TOKENS, THINK_TOKENS, encode_chat, load_tokenizer, save_tokenizer
-from .train import Trainer, autocast_for, fit_and_save, list_checkpoints, load_checkpoint, record_outcome, resolve_preset, stage_config
+from .train import Trainer, atomic_write, autocast_for, fit_and_save, list_checkpoints, load_checkpoint, record_outcome, resolve_preset, stage_config
 
 # %% auto #0
 __all__ = ['TAG_IDS', 'REASON_RE', 'QUESTION', 'THINKING', 'TASKS', 'HELDOUT_SEED', 'REASON_PRESETS', 'VALIDATION_SEED',
@@ -411,7 +411,7 @@ def save_grpo_start(trainer:Trainer) -> dict:
     start = pick_start(curve, trainer.start_at)
     folder = Path(trainer.run_dir)/"start_model"
     model_at(trainer, start["step"]).save_pretrained(folder); save_tokenizer(trainer.tok, folder)
-    (Path(trainer.run_dir)/"validation_curve.json").write_text(json.dumps({"start_at": trainer.start_at, "start": start, "curve": curve}, indent=1))
+    with atomic_write(Path(trainer.run_dir)/"validation_curve.json", "w") as f: json.dump({"start_at": trainer.start_at, "start": start, "curve": curve}, f, indent=1)
     print(f"reason: GRPO's start: step {start['step']}, validation exact match {start['exact']:.1%} (nearest {trainer.start_at:.0%}) -> {folder}")
     return start
 
