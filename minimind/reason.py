@@ -17,7 +17,7 @@ from .model import MiniMindForCausalLM
 from .score import by_lang, chat_replies, generate_batch, label_logprobs, pad_batch
 from .sft import SFTData, SFTDataset, base_model, chat_base, load_sft
 from .tokenizer import EOS_ID, SPECIAL_TOKENS, THINK_TOKENS, encode_chat, load_tokenizer, save_tokenizer
-from .train import Trainer, atomic_write, autocast_for, fit_and_save, list_checkpoints, load_checkpoint, record_outcome, resolve_preset, stage_config
+from .train import Trainer, atomic_write, autocast_for, checkpoint_path, fit_and_save, list_checkpoints, load_checkpoint, record_outcome, resolve_preset, stage_config
 
 # %% auto #0
 __all__ = ['TAG_IDS', 'REASON_RE', 'QUESTION', 'THINKING', 'TASKS', 'HELDOUT_SEED', 'REASON_PRESETS', 'VALIDATION_SEED',
@@ -235,9 +235,9 @@ def checkpoint_measures(trainer:Trainer, probes:list[dict], max_new_tokens:int=6
 
 def model_at(trainer:Trainer, step:int) -> MiniMindForCausalLM:
     "A copy of the trainer's model with the weights of its checkpoint at `step`."
-    path = Path(trainer.ckpt_dir)/f"step_{step:08d}.pt"
+    path = checkpoint_path(trainer.ckpt_dir, step)
     if not path.exists():
-        kept = sorted(int(p.stem.split("_")[1]) for p in list_checkpoints(trainer.ckpt_dir))
+        kept = sorted(load_checkpoint(p)["step"] for p in list_checkpoints(trainer.ckpt_dir))
         raise ValueError(f"no checkpoint of step {step} in {trainer.ckpt_dir} (kept: {kept})")
     model = copy.deepcopy(trainer.model)
     model.load_state_dict(load_checkpoint(path)["model"])

@@ -22,12 +22,13 @@ from .model import MiniMindConfig, MiniMindForCausalLM
 # %% auto #0
 __all__ = ['PRETRAIN_PRESETS', 'resolve_nb_path', 'causal_lm_loss', 'token_cache_path', 'atomic_write', 'tokenize_corpus',
            'token_file_meta', 'load_tokens', 'PackedDataset', 'lr_at', 'RowSampler', 'CheckpointError',
-           'save_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_checkpoint', 'rng_state', 'set_rng_state',
-           'get_device', 'autocast_for', 'TrainConfig', 'init_distributed', 'plot_losses', 'LivePlot', 'OutOfMemory',
-           'is_oom', 'oom_advice', 'oom_named', 'find_batch_size', 'fits_in_memory', 'auto_batch_size', 'is_count',
-           'metric_weight', 'accumulate', 'rows_on', 'held_out_metrics', 'TrainerStep', 'TrainerCheckpoints',
-           'TrainerLog', 'Trainer', 'resolve_preset', 'stage_config', 'make_pretrainer', 'fit_and_save', 'pretrain',
-           'unigram_entropy', 'record_outcome', 'read_outcomes', 'outcome_table', 'headline_outcomes', 'latest_runs']
+           'save_checkpoint', 'load_checkpoint', 'checkpoint_path', 'list_checkpoints', 'latest_checkpoint',
+           'rng_state', 'set_rng_state', 'get_device', 'autocast_for', 'TrainConfig', 'init_distributed', 'plot_losses',
+           'LivePlot', 'OutOfMemory', 'is_oom', 'oom_advice', 'oom_named', 'find_batch_size', 'fits_in_memory',
+           'auto_batch_size', 'is_count', 'metric_weight', 'accumulate', 'rows_on', 'held_out_metrics', 'TrainerStep',
+           'TrainerCheckpoints', 'TrainerLog', 'Trainer', 'resolve_preset', 'stage_config', 'make_pretrainer',
+           'fit_and_save', 'pretrain', 'unigram_entropy', 'record_outcome', 'read_outcomes', 'outcome_table',
+           'headline_outcomes', 'latest_runs']
 
 # %% ../nbs/03_pretrain.ipynb #0c04c164
 def resolve_nb_path(p, # a notebook parameter path
@@ -197,6 +198,10 @@ def load_checkpoint(path) -> dict:
     except Exception as e: raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(state, dict) or "step" not in state: raise CheckpointError(f"{path}: not a training checkpoint")
     return state
+
+def checkpoint_path(ckpt_dir, step:int) -> Path:
+    "Where the checkpoint of `step` lives: step_<8 digits>.pt, so that names sort by step."
+    return Path(ckpt_dir)/f"step_{step:08d}.pt"
 
 def list_checkpoints(ckpt_dir) -> list[Path]:
     "Finished checkpoints in `ckpt_dir`, newest first (temp files of an interrupted write are ignored)."
@@ -483,7 +488,7 @@ class TrainerCheckpoints:
     def save_checkpoint(self):
         "Write `step_<N>.pt` atomically (rank 0), then drop all but the newest `keep_ckpts`."
         if not (self.is_main and self.run_dir): return
-        save_checkpoint(self.state_dict(), self.ckpt_dir/f"step_{self.step:08d}.pt")
+        save_checkpoint(self.state_dict(), checkpoint_path(self.ckpt_dir, self.step))
         for old in list_checkpoints(self.ckpt_dir)[self.cfg.keep_ckpts:]: old.unlink()
 
     def clear_checkpoints(self):
